@@ -1,0 +1,209 @@
+"""The trial configuration: one typed, validated object shared by training, sweeps and export.
+
+    cfg = TrialConfig.from_yaml("trial.yaml", overrides={"lr": 5e-5})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from metaxl_core.errors import ConfigError
+
+METHODS = ("metaxl", "joint", "target_only", "source_only")
+HYPERGRADIENTS = ("exact", "truncated")
+TASKS = ("ner", "sentiment")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Every setting of one trial. Defaults follow the paper's NER setup where one exists."""
+
+    # --- data: "task:dataset:language" names, see metaxl_core.data ---
+    task: str = "ner"
+    source: str | None = "ner:conll2003:en"  # None only for target_only
+    target: str = "ner:masakhaner2:yor"
+    data_root: str | None = None  # None: $METAXL_DATA_ROOT, else the bundled sample
+    source_train_size: int = 5000  # paper: 5000 NER, 1000 sentiment
+    target_train_size: int = 100  # paper: 100
+    target_dev_size: int | None = None  # None: the whole dev split
+    data_seed: int = 42
+    label_schema: str = "shared"  # NER: evaluate on the entity types both languages share
+    sentiment_labels: str = "binary"  # "binary" (drop neutral) or "3way"
+    split_index_file: str | None = None  # JSON {split: [indices]} reproducing a published split
+    max_seq_length: int = 128
+
+    # --- encoder, see metaxl_core.encoders ---
+    encoder: str = "tiny-bert"
+    trim_vocab: bool = False  # keep only the embedding rows the trial's data uses
+
+    # --- method ---
+    method: str = "metaxl"
+    hypergradient: str = "exact"  # "truncated": virtual step only above the RTN (approximation)
+    rtn_layer: int | None = None  # 0 = embedding output, L = last layer; None = L
+    rtn_width: int = 192  # bottleneck width b of the RTN (d -> b -> d)
+    meta_fraction: float = 0.5  # share of each target batch used for the meta loss (T2)
+    virtual_lr: float | None = None  # step size of the virtual update; None = current encoder lr
+
+    # --- optimisation ---
+    epochs: int = 10
+    batch_size: int = 10
+    lr: float = 3e-5  # inner (encoder + head) learning rate, AdamW
+    meta_lr: float = 1e-6  # outer (RTN) learning rate, Adam
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    seed: int = 11
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+
+    # --- output ---
+    output_dir: str | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        _check(self.task in TASKS, "task", f"must be one of {TASKS}, got {self.task!r}")
+        _check(self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")
+        _check(
+            self.hypergradient in HYPERGRADIENTS,
+            "hypergradient",
+            f"must be one of {HYPERGRADIENTS}, got {self.hypergradient!r}",
+        )
+        if self.method != "target_only":
+            _check(bool(self.source), "source", f"is required for method {self.method!r}")
+        for name in ("source", "target"):
+            value = getattr(self, name)
+            if value is not None:
+                parts = value.split(":")
+                _check(len(parts) == 3 and all(parts), name,
+                       f"must look like 'task:dataset:language', got {value!r}")
+                _check(parts[0] == self.task, name,
+                       f"names task {parts[0]!r} but the trial's task is {self.task!r}")
+        if self.source and self.source == self.target:
+            raise ConfigError(f"source: equals the target {self.target!r}; pick another language")
+        for name in ("source_train_size", "target_train_size", "max_seq_length", "epochs",
+                     "batch_size", "rtn_width"):
+            _check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        _check(self.max_seq_length >= 8, "max_seq_length", "must be >= 8")
+        if self.target_dev_size is not None:
+            _check(self.target_dev_size > 0, "target_dev_size", "must be > 0 or null")
+        if self.rtn_layer is not None:
+            _check(self.rtn_layer >= 0, "rtn_layer", f"must be >= 0, got {self.rtn_layer}")
+        for name in ("lr", "meta_lr", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, name, f"must be >= 0, got {value}")
+        _check(self.lr > 0, "lr", "must be > 0")
+        if self.virtual_lr is not None:
+            _check(math.isfinite(self.virtual_lr) and self.virtual_lr > 0, "virtual_lr",
+                   f"must be > 0 or null, got {self.virtual_lr}")
+        _check(0 < self.meta_fraction < 1, "meta_fraction", f"must be in (0, 1), got {self.meta_fraction}")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.method == "metaxl":
+            _check(self.batch_size >= 2, "batch_size", "must be >= 2 for metaxl (T1 and T2 halves)")
+        _check(self.label_schema in ("shared",), "label_schema", "must be 'shared'")
+        _check(self.sentiment_labels in ("binary", "3way"), "sentiment_labels",
+               f"must be 'binary' or '3way', got {self.sentiment_labels!r}")
+        _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
+               f"must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, values: dict, *, source: str = "config") -> TrialConfig:
+        """Build from a plain dict, converting and checking every field's type."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a mapping of fields, got {type(values).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {name: _coerce(name, value, hints[name], source) for name, value in values.items()}
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> TrialConfig:
+        """Load a YAML file (safe loader); `overrides` win over the file."""
+        values = load_yaml_mapping(path)
+        values = dict(values.get("config", values))  # exported files nest the config
+        values.update(overrides or {})
+        return cls.from_dict(values, source=str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> TrialConfig:
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def load_yaml_mapping(path: str | Path) -> dict:
+    """Read a YAML mapping with the safe loader; ConfigError names the file on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if values is None:
+        raise ConfigError(f"{path}: file is empty")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
+    return values
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {message}")
+
+
+def _coerce(name: str, value, hint, source: str):
+    """Convert `value` to the field's type (int, float, bool, str, or Optional of those)."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {name}: must not be null")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(
+        f"{source}: {name}: expected {base.__name__}{' or null' if optional else ''}, got {value!r}"
+    )
+
