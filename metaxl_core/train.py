@@ -1,0 +1,317 @@
+"""Run one trial: train with one method, evaluate on the target dev and test sets each epoch,
+report test at the best dev epoch.
+
+    python -m metaxl_core.train --config trial.yaml --lr 5e-5 --output-dir runs/one
+    python -m metaxl_core.train --source ner:conll2003:en --target ner:masakhaner2:yor \\
+        --source-train-size 150 --epochs 3 --output-dir runs/one
+
+`run_trial(config, report)` does the same for callers such as Ray Tune: `report(metrics,
+checkpoint)` is called after each evaluation with flat `split/metric` numbers and a dict that
+holds everything needed to resume (pass it back as `resume_from`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from metaxl_core import data as data_lib
+from metaxl_core.config import TrialConfig
+from metaxl_core.encoders import load_encoder, trim_vocabulary
+from metaxl_core.errors import ConfigError, MetaXLError
+from metaxl_core.meta import metaxl_step, plain_step
+from metaxl_core.metrics import ner_scores, sentiment_scores
+from metaxl_core.model import MetaXLModel
+
+EVAL_BATCH_SIZE = 64
+
+
+# ---------------------------------------------------------------------------- preparation
+# Fields that decide the tokenised data; trials that agree on them share it.
+DATA_FIELDS = ("task", "source", "target", "data_root", "source_train_size", "target_train_size",
+               "target_dev_size", "data_seed", "label_schema", "sentiment_labels",
+               "split_index_file", "max_seq_length", "encoder", "method")
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_encoder(name: str, seed: int):
+    """Load once per worker process; trials get a deep copy. Random (tiny) encoders are
+    initialised from the trial seed, pretrained ones ignore it."""
+    return load_encoder(name, seed=seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_data(data_cfg: TrialConfig, tokenizer):
+    """Read, sample and tokenise once per worker process (see DATA_FIELDS)."""
+    task_data = data_lib.load_task_data(data_cfg)
+    splits = {
+        name: data_lib.encode(examples, tokenizer, task_data.labels, data_cfg.task,
+                              data_cfg.max_seq_length)
+        for name, examples in [("source_train", task_data.source_train),
+                               ("target_train", task_data.target_train),
+                               ("target_dev", task_data.target_dev),
+                               ("target_test", task_data.target_test)]
+    }
+    return task_data, splits
+
+
+def _data_config(cfg: TrialConfig) -> TrialConfig:
+    """`cfg` with every field outside DATA_FIELDS at its default: the data cache key."""
+    return dataclasses.replace(cfg, **{f.name: f.default for f in dataclasses.fields(cfg)
+                                       if f.name not in DATA_FIELDS})
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks CUDA when present; a requested but absent CUDA falls back to CPU."""
+    if name == "auto" or (name.startswith("cuda") and not torch.cuda.is_available()):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _remap(features: list[dict], id_map: torch.Tensor) -> list[dict]:
+    return [{**f, "input_ids": id_map[torch.tensor(f["input_ids"])].tolist()} for f in features]
+
+
+# ---------------------------------------------------------------------------- batches
+def _loader(features, collator, batch_size, seed, shuffle=True) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(features, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      collate_fn=collator)
+
+
+def _endless_batches(features, collator, batch_size, seed):
+    """Batches of exactly `batch_size` drawn from shuffled passes over `features`."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        while len(order) < batch_size:
+            more = list(range(len(features)))
+            rng.shuffle(more)
+            order += more
+        take, order = order[:batch_size], order[batch_size:]
+        yield [features[i] for i in take]
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()
+            if k in ("input_ids", "attention_mask", "labels")}
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
+             device: torch.device) -> dict[str, float]:
+    """Scores on one split. NER words cut off by truncation are predicted `O`, so the score is
+    always over every gold word."""
+    model.eval()
+    predictions = []
+    for batch in _loader(encoded.features, collator, EVAL_BATCH_SIZE, 0, shuffle=False):
+        batch = _to(batch, device)
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        if task == "ner":
+            best = logits.argmax(-1)
+            for row, row_labels in zip(best, batch["labels"]):
+                predictions.append([labels[i] for i in row[row_labels != -100].tolist()])
+        else:
+            predictions += [labels[i] for i in logits.argmax(-1).tolist()]
+    model.train()
+    if task == "ner":
+        padded = [p + ["O"] * (len(g) - len(p)) for p, g in zip(predictions, encoded.gold)]
+        return ner_scores(encoded.gold, padded)
+    return sentiment_scores(encoded.gold, predictions, labels)
+
+
+# ---------------------------------------------------------------------------- training
+def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | None = None,
+              progress: bool = False) -> dict:
+    """Train and evaluate one configuration; returns the results dict (also written to
+    `output_dir/results.json` when set).
+
+    Args:
+        config: a TrialConfig or a dict of its fields.
+        report: optional `report(metrics, checkpoint)` called after each epoch's evaluation.
+        resume_from: a checkpoint dict given to `report` earlier; training continues after it.
+        progress: show a tqdm bar per epoch.
+    """
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    base_encoder, tokenizer = _cached_encoder(cfg.encoder, cfg.seed)
+    n_layers = base_encoder.config.num_hidden_layers
+    rtn_layer = n_layers if cfg.rtn_layer is None else cfg.rtn_layer
+    if rtn_layer > n_layers:
+        raise ConfigError(f"rtn_layer: must be in 0..{n_layers} for encoder {cfg.encoder!r} "
+                          f"({n_layers} layers), got {rtn_layer}")
+    task_data, splits = _cached_data(_data_config(cfg), tokenizer)
+    labels = task_data.labels
+    encoder = copy.deepcopy(base_encoder)
+    if cfg.trim_vocab:
+        used = {i for split in splits.values() for f in split.features for i in f["input_ids"]}
+        id_map = trim_vocabulary(encoder, used)
+        splits = {name: dataclasses.replace(s, features=_remap(s.features, id_map))
+                  for name, s in splits.items()}
+    torch.manual_seed(cfg.seed)
+    model = MetaXLModel(encoder, len(labels), cfg.task, rtn_layer,
+                        cfg.rtn_width if cfg.method == "metaxl" else None).to(device)
+    model.train()
+    collator = data_lib.make_collator(tokenizer, cfg.task)
+
+    uses_source = cfg.method != "target_only"
+    steps_data = splits["source_train"] if uses_source else splits["target_train"]
+    steps_per_epoch = math.ceil(len(steps_data.features) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    theta_opt = torch.optim.AdamW(model.theta().values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(theta_opt, int(cfg.warmup_ratio * total_steps),
+                                                total_steps)
+    phi_opt = (torch.optim.Adam(model.phi().values(), lr=cfg.meta_lr)
+               if cfg.method == "metaxl" else None)
+
+    history: list[dict] = []
+    first_epoch = 0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        theta_opt.load_state_dict(resume_from["theta_optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        if phi_opt is not None:
+            phi_opt.load_state_dict(resume_from["phi_optimizer"])
+        torch.set_rng_state(resume_from["torch_rng"])
+        history = list(resume_from["history"])
+        first_epoch = resume_from["epoch"] + 1
+
+    n_meta = max(1, round(cfg.batch_size * cfg.meta_fraction))
+    for epoch in range(first_epoch, cfg.epochs):
+        epoch_seed = cfg.seed * 1000 + epoch
+        target_batches = _endless_batches(splits["target_train"].features, collator,
+                                          cfg.batch_size, epoch_seed)
+        step_batches = _loader(steps_data.features, collator, cfg.batch_size, epoch_seed)
+        bar = tqdm(step_batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        losses: dict[str, float] = {}
+        for batch in bar:
+            batch = _to(batch, device)
+            if cfg.method == "metaxl":
+                target = next(target_batches)
+                t1 = _to(collator(target[:cfg.batch_size - n_meta]), device)
+                t2 = _to(collator(target[cfg.batch_size - n_meta:]), device)
+                step = metaxl_step(model, theta_opt, phi_opt, batch, t1, t2,
+                                   virtual_lr=cfg.virtual_lr or cfg.lr,
+                                   truncated=cfg.hypergradient == "truncated",
+                                   max_grad_norm=cfg.max_grad_norm)
+            elif cfg.method == "joint":
+                target = _to(collator(next(target_batches)), device)
+                step = plain_step(model, theta_opt, [batch, target], cfg.max_grad_norm)
+            else:  # source_only, target_only: one language
+                step = plain_step(model, theta_opt, [batch], cfg.max_grad_norm)
+            scheduler.step()
+            for key, value in step.items():
+                losses[key] = losses.get(key, 0.0) + value / steps_per_epoch
+            bar.set_postfix({k: f"{v:.3f}" for k, v in step.items()})
+        metrics = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in losses.items()}}
+        for split in ("dev", "test"):
+            scores = evaluate(model, splits[f"target_{split}"], collator, labels, cfg.task, device)
+            metrics.update({f"{split}/{k}": v for k, v in scores.items()})
+        history.append(metrics)
+        if progress:
+            print(_format_epoch(metrics), flush=True)
+        if report is not None:
+            report(dict(metrics), {
+                "epoch": epoch, "history": history, "model": model.state_dict(),
+                "theta_optimizer": theta_opt.state_dict(), "scheduler": scheduler.state_dict(),
+                "phi_optimizer": phi_opt.state_dict() if phi_opt is not None else None,
+                "torch_rng": torch.get_rng_state(),
+            })
+
+    best = max(history, key=lambda m: (m["dev/f1"], -m["epoch"]))  # earliest best dev epoch
+    wall = time.perf_counter() - started
+    results = {
+        "config": cfg.to_dict(),
+        "rtn_layer": rtn_layer,
+        "labels": labels,
+        "data": {**task_data.notes, **{
+            f"{name}_size": len(s.features) for name, s in splits.items()},
+            "truncated": {name: s.n_truncated for name, s in splits.items()},
+            "unk_words": {name: s.n_unk_words for name, s in splits.items()}},
+        "history": history,
+        "best_epoch": best["epoch"],
+        "final": {k: v for k, v in best.items() if k.startswith(("dev/", "test/"))},
+        "wall_time_s": round(wall, 3),
+        "steps_per_s": round(steps_per_epoch * (cfg.epochs - first_epoch) / wall, 3),
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    if cfg.output_dir:
+        write_results(Path(cfg.output_dir), results)
+    return results
+
+
+def _format_epoch(metrics: dict) -> str:
+    shown = {k: v for k, v in metrics.items() if k == "epoch" or k.endswith(("f1", "loss"))}
+    return "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+
+
+def write_results(output_dir: Path, results: dict) -> None:
+    """Write results.json and trial.yaml atomically: a file either is complete or absent."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in [("trial.yaml", yaml.safe_dump(results["config"], sort_keys=True)),
+                       ("results.json", json.dumps(results, indent=2, sort_keys=True))]:
+        fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, output_dir / name)
+
+
+# ---------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="trial YAML (a TrialConfig mapping, or an exported file)")
+    for f in dataclasses.fields(TrialConfig):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f.name, default=None, metavar="VALUE",
+                            help=f"(default: {f.default!r})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    try:
+        if args.config:
+            cfg = TrialConfig.from_yaml(args.config, overrides)
+        else:
+            cfg = TrialConfig.from_dict(overrides, source="command line")
+        print(f"trial: {cfg.method} {cfg.source or '-'} -> {cfg.target} on {cfg.encoder}",
+              flush=True)
+        results = run_trial(cfg, progress=True)
+    except MetaXLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    final = results["final"]
+    print(f"best epoch {results['best_epoch']}: dev f1 {final['dev/f1']:.4f}, "
+          f"test f1 {final['test/f1']:.4f}  ({results['wall_time_s']:.1f} s)")
+    if cfg.output_dir:
+        print(f"results: {Path(cfg.output_dir) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

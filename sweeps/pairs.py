@@ -1,0 +1,302 @@
+"""Language-pair and hyperparameter sweeps of MetaXL and its baselines on Ray Tune, tracked in
+MLflow.
+
+    python sweeps/pairs.py                              # embedded default: local Ray, bundled sample
+    python sweeps/pairs.py --config sweeps/presets/paper-ner.yaml --address auto \\
+        --mlflow-uri http://HEAD_IP:5000
+    python sweeps/pairs.py --dry-run                    # print the plan and exit
+    python sweeps/pairs.py --resume                     # finish an interrupted sweep
+
+Each (target, method) pair is its own search (Optuna TPE via OptunaSearch, ASHA early
+stopping on the target dev F1) over the source language, RTN width, RTN layer, inner and outer
+learning rates. Searches run concurrently across the cluster, each driven by a Ray task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from metaxl_core.errors import MetaXLError
+from metaxl_core.train import run_trial
+from sweeps.settings import SweepConfig
+from sweeps.tracking import MLflowTracker, default_tracking_uri, open_experiment, target_run
+
+METRIC, MODE = "dev/f1", "max"
+
+
+# ---------------------------------------------------------------------------- Tune pieces
+def search_space(sweep: SweepConfig, search: dict, n_layers: int) -> dict:
+    """Ray Tune's param_space for one search: only the dimensions its method has."""
+    space = {}
+    if len(search["sources"]) > 1:
+        space["source"] = tune.choice(search["sources"])
+    dims = sweep.space
+    if "rtn_width" in search["dimensions"]:
+        space["rtn_width"] = tune.choice(dims["rtn_width"])
+    if "rtn_layer" in search["dimensions"]:
+        low, high = dims["rtn_layer"]
+        space["rtn_layer"] = tune.randint(low, min(n_layers if high is None else high, n_layers) + 1)
+    if "lr" in search["dimensions"]:
+        space["lr"] = tune.loguniform(*dims["lr"])
+    if "meta_lr" in search["dimensions"]:
+        space["meta_lr"] = tune.loguniform(*dims["meta_lr"])
+    return space
+
+
+def make_searcher(sweep: SweepConfig, index: int) -> ConcurrencyLimiter:
+    return ConcurrencyLimiter(OptunaSearch(metric=METRIC, mode=MODE, seed=sweep.seed + index),
+                              max_concurrent=sweep.max_concurrent)
+
+
+def make_scheduler(sweep: SweepConfig, epochs: int) -> ASHAScheduler:
+    return ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=epochs,
+                         grace_period=min(sweep.grace_period, epochs),
+                         reduction_factor=sweep.reduction_factor)
+
+
+def trainable(config: dict, fixed: dict) -> None:
+    """One Tune trial: run_trial with a checkpoint after every evaluation (resumable)."""
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / "state.pt", weights_only=True)
+
+    def report(metrics: dict, state: dict) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    run_trial({**fixed, **config}, report, resume_from=resume)
+
+
+def search_name(search: dict) -> str:
+    parts = [search["method"], search["target"].replace(":", "-")]
+    if len(search["sources"]) == 1 and search["sources"][0]:
+        parts.append("from-" + search["sources"][0].replace(":", "-"))
+    return "_".join(parts)
+
+
+@ray.remote(num_cpus=0)
+def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, storage: str,
+               uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
+               resume: bool) -> dict:
+    """Drive one (target, method[, source]) search to the end; returns its trials' outcomes."""
+    fixed = sweep.base_trial(search["target"], search["method"], search["sources"][0]).to_dict()
+    epochs = fixed["epochs"]
+    name = search_name(search)
+    tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
+        "sweep_id": sweep_id, "task": sweep.task, "method": search["method"],
+        "target_lang": search["target"].split(":")[-1], "target": search["target"],
+        "encoder": fixed["encoder"], "search": name}, fixed, epochs)
+    resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
+    runnable = tune.with_resources(tune.with_parameters(trainable, fixed=fixed), resources)
+    path = os.path.join(storage, name)
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, runnable, resume_unfinished=True, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            runnable,
+            param_space=search_space(sweep, search, n_layers),
+            tune_config=tune.TuneConfig(search_alg=make_searcher(sweep, index),
+                                        scheduler=make_scheduler(sweep, epochs),
+                                        num_samples=sweep.trials_per_search),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, callbacks=[tracker], verbose=1,
+                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+    if resume:  # a restored Tuner keeps its old callbacks' settings; ours is re-attached
+        tuner._local_tuner._run_config.callbacks = [tracker]
+    grid = tuner.fit()
+    outcomes = []
+    for result in grid:
+        history = result.metrics_dataframe
+        row = {"trial_id": result.metrics.get("trial_id"), "config": {**fixed, **result.config},
+               "error": str(result.error)[:500] if result.error else None}
+        if history is not None and METRIC in history:
+            best = history.loc[history[METRIC].idxmax()]
+            row.update({"dev_f1": float(best[METRIC]), "test_f1": float(best["test/f1"]),
+                        "epochs_run": int(history["epoch"].max())})
+        outcomes.append(row)
+    unlogged = tracker.flush(attempts=5)
+    return {"search": search, "name": name, "trials": outcomes, "mlflow_errors": unlogged}
+
+
+# ---------------------------------------------------------------------------- driver
+def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None) -> None:
+    trials = len(searches) * sweep.trials_per_search
+    print(f"Sweep {sweep.name!r}: task {sweep.task}, {len(sweep.targets)} target(s), "
+          f"{len(sweep.sources)} candidate source(s), methods {', '.join(sweep.methods)}")
+    print(f"{len(searches)} searches x {sweep.trials_per_search} trials = {trials} trials; "
+          f"per trial {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU; up to "
+          f"{sweep.max_concurrent} concurrent per search; ASHA grace {sweep.grace_period}, "
+          f"reduction {sweep.reduction_factor}")
+    print(f"encoder {sweep.trial.get('encoder', 'tiny-bert')}"
+          + (f" ({n_layers} layers)" if n_layers else ""))
+    print(f"{'search':<58} {'sources':<40} searched")
+    for search in searches:
+        sources = ", ".join(s or "-" for s in search["sources"])
+        print(f"{search_name(search):<58} {sources:<40} "
+              f"{', '.join((['source'] if len(search['sources']) > 1 else []) + search['dimensions'])}")
+
+
+def check_resources(sweep: SweepConfig, address: str | None) -> None:
+    """Refuse a local sweep no node can run; warn on a cluster (an autoscaler may add nodes)."""
+    need = {"CPU": sweep.cpus_per_trial, "GPU": sweep.gpus_per_trial}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+        return
+    have = [{k: node.get(k, 0) for k in need} for node in nodes]
+    message = (f"no node can run a trial needing {need}; nodes have {have}. "
+               "Lower --cpus-per-trial/--gpus-per-trial or add nodes.")
+    if address is None:
+        raise MetaXLError(message)
+    print(f"warning: {message} Waiting for the autoscaler.", flush=True)
+
+
+def summarise(sweep: SweepConfig, outcomes: list[dict]) -> list[dict]:
+    """Per target: best method and source by dev F1, its test F1, metaxl's gain over joint."""
+    rows = []
+    for target in sweep.targets:
+        best_by_method = {}
+        for outcome in outcomes:
+            if outcome["search"]["target"] != target:
+                continue
+            for trial in outcome["trials"]:
+                if "dev_f1" not in trial:
+                    continue
+                method = outcome["search"]["method"]
+                key = (trial["dev_f1"], str(trial["trial_id"]))
+                if method not in best_by_method or key > best_by_method[method][0]:
+                    best_by_method[method] = (key, trial)
+        if not best_by_method:
+            rows.append({"target": target, "best_method": None})
+            continue
+        method, (_, trial) = max(best_by_method.items(), key=lambda item: item[1][0])
+        gain = None
+        if "metaxl" in best_by_method and "joint" in best_by_method:
+            gain = best_by_method["metaxl"][1]["test_f1"] - best_by_method["joint"][1]["test_f1"]
+        rows.append({"target": target, "best_method": method,
+                     "best_source": trial["config"].get("source"), "dev_f1": trial["dev_f1"],
+                     "test_f1": trial["test_f1"], "trial_id": trial["trial_id"],
+                     "metaxl_minus_joint_test_f1": gain,
+                     "per_method": {m: {"dev_f1": t["dev_f1"], "test_f1": t["test_f1"],
+                                        "source": t["config"].get("source")}
+                                    for m, (_, t) in best_by_method.items()}})
+    return rows
+
+
+def print_summary(rows: list[dict]) -> None:
+    print(f"\n{'target':<26} {'best method':<12} {'best source':<24} {'dev F1':>7} {'test F1':>8} "
+          f"{'metaxl-joint':>13}")
+    for row in rows:
+        if row["best_method"] is None:
+            print(f"{row['target']:<26} (no finished trial)")
+            continue
+        gain = row["metaxl_minus_joint_test_f1"]
+        print(f"{row['target']:<26} {row['best_method']:<12} {str(row['best_source']):<24} "
+              f"{row['dev_f1']:>7.4f} {row['test_f1']:>8.4f} "
+              f"{'' if gain is None else f'{gain:+.4f}':>13}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="sweep YAML; flags below override its keys")
+    p.add_argument("--address", help="Ray cluster address ('auto' = the running cluster); "
+                   "default: a local Ray started in-process")
+    p.add_argument("--mlflow-uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///OUTPUT_DIR/mlflow.db)")
+    p.add_argument("--output-dir", default="runs/sweep", help="sweep folder (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument("--targets", nargs="+")
+    p.add_argument("--sources", nargs="+")
+    p.add_argument("--methods", nargs="+")
+    p.add_argument("--grid-pairs", action="store_true", default=None,
+                   help="one search per (source, target) pair instead of searching the source")
+    p.add_argument("--trials-per-search", type=int)
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-root")
+    p.add_argument("--name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in (
+        "config", "address", "mlflow_uri", "output_dir", "dry_run", "resume")}
+    started = time.time()
+    try:
+        sweep = SweepConfig.load(args.config, overrides)
+        searches = sweep.searches()
+        if args.dry_run:
+            print_plan(sweep, searches, None)
+            return 0
+        output_dir = Path(args.output_dir).resolve()
+        summary_path = output_dir / "summary.json"
+        if summary_path.exists() and not args.resume:
+            raise MetaXLError(f"{output_dir} already holds a finished sweep; pass --resume to "
+                              "continue it or --output-dir for a new one")
+        uri = args.mlflow_uri or default_tracking_uri(str(output_dir))
+        client, experiment_id = open_experiment(uri, sweep.name)
+        from metaxl_core.train import _cached_encoder  # the layer count bounds the search
+        n_layers = _cached_encoder(sweep.base_trial(sweep.targets[0], sweep.methods[0]).encoder,
+                                   0)[0].config.num_hidden_layers
+        print_plan(sweep, searches, n_layers)
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}} if args.address else None)
+        check_resources(sweep, args.address)
+        sweep_id = sweep.name
+        parents = {t: target_run(client, experiment_id, sweep_id, t) for t in sweep.targets}
+        storage = str(output_dir / "tune")
+        futures = [run_search.remote(sweep, s, i, n_layers, storage, uri, experiment_id,
+                                     parents[s["target"]], sweep_id, args.resume)
+                   for i, s in enumerate(searches)]
+        outcomes = ray.get(futures)
+    except MetaXLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rows = summarise(sweep, outcomes)
+    for row in rows:
+        if row["best_method"] is not None:
+            client.log_dict(parents[row["target"]], row, "best.json")
+            client.log_metric(parents[row["target"]], "best/dev_f1", row["dev_f1"])
+            client.log_metric(parents[row["target"]], "best/test_f1", row["test_f1"])
+            client.set_tag(parents[row["target"]], "best_trial_id", row["trial_id"])
+        client.set_terminated(parents[row["target"]])
+    print_summary(rows)
+    errors = [e for o in outcomes for e in o["mlflow_errors"]]
+    failed = [t for o in outcomes for t in o["trials"] if t["error"]]
+    summary = {"sweep": sweep.name, "mlflow_uri": uri, "wall_time_s": round(time.time() - started, 1),
+               "targets": rows, "failed_trials": failed, "mlflow_errors": errors,
+               "searches": [{"name": o["name"], "trials": o["trials"]} for o in outcomes]}
+    tmp = summary_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, summary_path)
+    print(f"\n{len(failed)} failed trial(s); summary: {summary_path}; MLflow: {uri}; "
+          f"{summary['wall_time_s']:.0f} s")
+    if errors:
+        print(f"error: MLflow logging failed and was not recovered: {errors}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

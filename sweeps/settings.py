@@ -1,0 +1,196 @@
+"""Sweep settings: one typed object read from a YAML file and/or flags (flags win), and the
+plan it expands to. With no file and no flags it is the embedded default: a complete small
+sweep on the bundled real sample and a tiny encoder.
+
+A sweep file looks like:
+
+    task: ner
+    targets: [ner:masakhaner2:yor, ner:masakhaner2:ibo]
+    sources: [ner:conll2003:en, ner:masakhaner2:hau]
+    methods: [metaxl, joint]
+    trials_per_search: 20
+    space: {rtn_width: [64, 128, 192, 384, 768], rtn_layer: [0, 12],
+            lr: [1.0e-5, 1.0e-4], meta_lr: [1.0e-7, 1.0e-3]}
+    trial: {encoder: xlm-roberta-base, epochs: 20, source_train_size: 5000}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from metaxl_core.config import METHODS, TASKS, TrialConfig, load_yaml_mapping
+from metaxl_core.errors import ConfigError
+
+# Searched dimensions and the methods that have them.
+DIMENSIONS = {"rtn_width": ("metaxl",), "rtn_layer": ("metaxl",), "lr": METHODS,
+              "meta_lr": ("metaxl",)}
+
+DEFAULT_SPACE = {
+    "rtn_width": [64, 128, 192, 384, 768],  # a categorical choice
+    "rtn_layer": [0, None],  # integer bounds; None = the encoder's last layer
+    "lr": [1e-5, 1e-4],  # log-uniform bounds
+    "meta_lr": [1e-7, 1e-3],  # log-uniform bounds
+}
+
+# The embedded default: small enough to finish in minutes on 2 CPU cores.
+EMBEDDED_TRIAL = {
+    "encoder": "tiny-bert",
+    "epochs": 4,
+    "batch_size": 10,
+    "source_train_size": 150,
+    "target_train_size": 100,
+    "target_dev_size": 50,
+    "max_seq_length": 64,
+    "warmup_ratio": 0.0,
+}
+EMBEDDED_SPACE = {"rtn_width": [16, 32, 64], "rtn_layer": [0, None], "lr": [1e-4, 3e-3],
+                  "meta_lr": [1e-5, 1e-2]}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs besides where it runs (address, MLflow URI, output dir)."""
+
+    name: str = "metaxl-sweep"
+    task: str = "ner"
+    targets: list[str] = field(
+        default_factory=lambda: ["ner:masakhaner2:yor", "ner:masakhaner2:ibo"])
+    sources: list[str] = field(
+        default_factory=lambda: ["ner:conll2003:en", "ner:masakhaner2:hau"])
+    methods: list[str] = field(default_factory=lambda: ["metaxl", "joint"])
+    grid_pairs: bool = False  # True: one search per (source, target) pair instead of searching the source
+    trials_per_search: int = 4  # trials for each (target, method[, source]) search
+    max_concurrent: int = 2  # trials running at once per search
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fractional values share a GPU
+    seed: int = 0  # the searcher's seed (Optuna TPE)
+    grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
+    max_failures: int = 1  # retries per trial after an error (Ray Tune FailureConfig)
+    data_root: str | None = None
+    space: dict = field(default_factory=lambda: dict(EMBEDDED_SPACE))
+    trial: dict = field(default_factory=lambda: dict(EMBEDDED_TRIAL))
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid setting."""
+        if self.task not in TASKS:
+            raise ConfigError(f"task: must be one of {TASKS}, got {self.task!r}")
+        for name in ("targets", "sources", "methods"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: must not be empty")
+        for method in self.methods:
+            if method not in METHODS:
+                raise ConfigError(f"methods: unknown method {method!r}; known: {METHODS}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods: listed twice in {self.methods}")
+        for spec in self.targets + self.sources:
+            if spec.count(":") != 2 or spec.split(":")[0] != self.task:
+                raise ConfigError(f"targets/sources: {spec!r} must look like "
+                                  f"'{self.task}:dataset:language'")
+        for target in self.targets:
+            if any(m != "target_only" for m in self.methods) and not self.sources_for(target):
+                raise ConfigError(f"sources: the only source for target {target!r} is the target "
+                                  "itself; add another source language")
+        for name in ("trials_per_search", "max_concurrent", "grace_period", "reduction_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.reduction_factor < 2:
+            raise ConfigError("reduction_factor: must be >= 2")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.max_failures < 0:
+            raise ConfigError("cpus_per_trial must be > 0, gpus_per_trial and max_failures >= 0")
+        unknown = sorted(set(self.space) - set(DIMENSIONS))
+        if unknown:
+            raise ConfigError(f"space: unknown dimension(s) {unknown}; known: {sorted(DIMENSIONS)}")
+        for name, values in self.space.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"space.{name}: must be a non-empty list, got {values!r}")
+        for name in ("lr", "meta_lr"):
+            bounds = self.space.get(name)
+            if bounds is not None and not (len(bounds) == 2 and all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+                    and 0 < bounds[0] < bounds[1]):
+                raise ConfigError(f"space.{name}: must be [low, high] with 0 < low < high, "
+                                  f"got {bounds!r}")
+        layers = self.space.get("rtn_layer")
+        if layers is not None and not (len(layers) == 2 and isinstance(layers[0], int)
+                                       and layers[0] >= 0 and (layers[1] is None or (
+                                           isinstance(layers[1], int) and layers[1] >= layers[0]))):
+            raise ConfigError(f"space.rtn_layer: must be [low, high] integers (high may be null "
+                              f"for the last layer), got {layers!r}")
+        widths = self.space.get("rtn_width")
+        if widths is not None and not all(isinstance(w, int) and w > 0 for w in widths):
+            raise ConfigError(f"space.rtn_width: must be positive integers, got {widths!r}")
+        searched = sorted(set(self.trial) & set(self.space))
+        if searched or "source" in self.trial or "target" in self.trial or "method" in self.trial:
+            raise ConfigError(f"trial: fixes fields the sweep sets itself "
+                              f"({searched or 'source/target/method'})")
+        self.base_trial(self.targets[0], self.methods[0])  # the fixed trial fields must be valid
+
+    def sources_for(self, target: str) -> list[str]:
+        """Candidate sources of one target (the target itself is never its own source)."""
+        return [s for s in self.sources if s != target]
+
+    def base_trial(self, target: str, method: str, source: str | None = None) -> TrialConfig:
+        """The fixed part of a trial of this sweep (searched fields at their defaults)."""
+        fields = {**self.trial, "task": self.task, "target": target, "method": method,
+                  "source": None if method == "target_only" else source or self.sources_for(target)[0]}
+        if self.data_root is not None:
+            fields["data_root"] = self.data_root
+        try:
+            return TrialConfig.from_dict(fields, source="trial")
+        except ConfigError as err:
+            raise ConfigError(f"sweep {err}") from None
+
+    def searches(self) -> list[dict]:
+        """One search per (target, method), or per (target, method, source) with grid_pairs."""
+        plan = []
+        for target in self.targets:
+            for method in self.methods:
+                sources = [None] if method == "target_only" else self.sources_for(target)
+                groups = [[s] for s in sources] if self.grid_pairs else [sources]
+                for group in groups:
+                    plan.append({"target": target, "method": method, "sources": group,
+                                 "dimensions": [d for d in self.space if method in DIMENSIONS[d]]})
+        return plan
+
+    @classmethod
+    def load(cls, path: str | None = None, overrides: dict | None = None) -> SweepConfig:
+        """Read a sweep YAML (safe loader) and apply `overrides` (flags) on top."""
+        values = load_yaml_mapping(path) if path else {}
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        where = path or "command line"
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        for key, value in values.items():
+            _check_type(where, key, value, hints[key])
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def _check_type(where: str, key: str, value, hint) -> None:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return
+        hint = next(a for a in args if a is not type(None))
+    base = typing.get_origin(hint) or hint
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        raise ConfigError(f"{where}: {key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -1,0 +1,182 @@
+"""MLflow tracking of sweeps, done on the driver by a Ray Tune callback.
+
+Layout: one experiment per sweep; a parent run per target language (tag `role=target`) that
+records the best trial; one child run per Tune trial (tag `role=trial`, `trial_id`), found
+again by its trial id on resume, so a resumed sweep never duplicates a run. Runs stopped
+early by the scheduler end as KILLED with tag `stopped_early=true`, failed trials as FAILED
+with the error. A logging call that fails (server down) is kept and retried; whatever still
+fails at the end is reported, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from metaxl_core.errors import ConfigError
+
+SECRET_PATTERN = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+
+
+def default_tracking_uri(output_dir: str) -> str:
+    """$MLFLOW_TRACKING_URI, else a sqlite store in the sweep's output directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'mlflow.db'))}"
+
+
+def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowClient, str]:
+    """Connect and get (or create) the sweep's experiment; ConfigError naming the URI if the
+    tracking server cannot be reached (before any trial is launched)."""
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail fast at start, retry later
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None and not create:
+            raise ConfigError(f"no experiment {name!r} at {uri}")
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    except ConfigError:
+        raise
+    except Exception as err:  # any transport or store error means: unusable
+        raise ConfigError(f"MLflow tracking URI {uri!r} is not reachable ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200]}); start the server or pass "
+                          "--mlflow-uri") from None
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
+    return client, experiment_id
+
+
+def find_run(client: MlflowClient, experiment_id: str, **tags) -> str | None:
+    """The id of the run carrying all `tags`, or None."""
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([experiment_id], query, max_results=1,
+                              order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def target_run(client: MlflowClient, experiment_id: str, sweep_id: str, target: str) -> str:
+    """Get or create the parent run of one target language."""
+    tags = {"role": "target", "sweep_id": sweep_id, "target": target}
+    run_id = find_run(client, experiment_id, **tags)
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=f"target {target}",
+                                   tags={**tags, "target_lang": target.split(":")[-1]}).info.run_id
+    return run_id
+
+
+def safe_params(config: dict) -> dict:
+    """Config values as MLflow params, never anything that looks like a credential."""
+    return {k: str(v) for k, v in sorted(config.items()) if not SECRET_PATTERN.search(k)}
+
+
+class MLflowTracker(tune.Callback):
+    """Logs each Tune trial of one search as an MLflow child run of its target's parent run."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, tags: dict,
+                 fixed_config: dict, epochs: int):
+        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.tags, self.fixed_config, self.epochs = tags, fixed_config, epochs
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_ids: dict[str, str] = {}
+        self.history: dict[str, list[dict]] = {}
+        self.pending: list[Callable[[], None]] = []
+        self.errors: list[str] = []
+
+    # -- plumbing: every call goes through _do, which keeps failed calls for a retry
+    def _do(self, action: Callable[[], None]) -> None:
+        self.pending.append(action)
+        self.flush()
+
+    def flush(self, attempts: int = 1) -> list[str]:
+        """Retry pending calls in order; returns the errors of calls that still fail."""
+        for attempt in range(attempts):
+            while self.pending:
+                try:
+                    self.pending[0]()
+                except Exception as err:  # keep it; the sweep must not die for logging
+                    message = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                    if not self.errors or self.errors[-1] != message:
+                        self.errors.append(message)
+                    break
+                self.pending.pop(0)
+            if not self.pending:
+                return []
+            time.sleep(min(2 ** attempt, 10))
+        return self.errors
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self.run_ids:
+            run_id = find_run(self.client, self.experiment_id, trial_id=trial.trial_id)
+            if run_id is None:
+                config = {**self.fixed_config, **trial.config}
+                tags = {**self.tags, "role": "trial", "trial_id": trial.trial_id,
+                        "source_lang": config["source"].split(":")[-1] if config.get("source")
+                        else "none", "mlflow.parentRunId": self.parent_run_id}
+                run_id = self.client.create_run(
+                    self.experiment_id, run_name=f"{tags['method']}-{tags['target_lang']}-"
+                    f"{trial.trial_id}", tags=tags).info.run_id
+                self.client.log_batch(run_id, params=[Param(k, v) for k, v in
+                                                      safe_params(config).items()])
+            else:
+                self.client.update_run(run_id, status="RUNNING")
+            self.run_ids[trial.trial_id] = run_id
+        return self.run_ids[trial.trial_id]
+
+    # -- Tune callbacks
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._do(lambda: self._run_id(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        self.history.setdefault(trial.trial_id, []).append({"epoch": epoch, **metrics})
+        best = max(self.history[trial.trial_id], key=lambda m: (m.get("dev/f1", 0.0), -m["epoch"]))
+        summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/test_f1": best.get("test/f1", 0.0),
+                   "best/epoch": best["epoch"]}
+        stamp = int(time.time() * 1000)
+
+        def log():
+            self.client.log_batch(self._run_id(trial), metrics=[
+                Metric(k, float(v), stamp, epoch) for k, v in {**metrics, **summary}.items()])
+        self._do(log)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epochs_done = len(self.history.get(trial.trial_id, []))
+        stopped = epochs_done < self.epochs
+        self._finish(trial, "KILLED" if stopped else "FINISHED",
+                     {"stopped_early": str(stopped).lower()})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = getattr(trial, "error_msg", None) or "see the Ray Tune trial log"
+        self._finish(trial, "FAILED", {"error": str(error)[-4000:]})
+
+    def _finish(self, trial, status: str, tags: dict) -> None:
+        history = list(self.history.get(trial.trial_id, []))
+        config = {**self.fixed_config, **trial.config}
+
+        def finish():
+            run_id = self._run_id(trial)
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+            self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=True), "trial.yaml")
+            if history:
+                best = max(history, key=lambda m: (m.get("dev/f1", 0.0), -m["epoch"]))
+                self.client.log_text(run_id, json.dumps(
+                    {"config": config, "history": history, "best_epoch": best["epoch"],
+                     "final": {k: v for k, v in best.items() if "/" in k}, "status": status},
+                    indent=2, sort_keys=True), "results.json")
+            self.client.set_terminated(run_id, status=status)
+        self._do(finish)

@@ -1,0 +1,121 @@
+"""A tiny real sweep end to end on local Ray: MLflow runs and tags, ASHA stopping, export and a
+re-run that reproduces the exported metric, and --resume after the driver is killed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from metaxl_core.config import TrialConfig
+from metaxl_core.train import run_trial
+from sweeps.export import export
+from tests.conftest import PROJECT_ROOT
+
+SWEEP = """
+name: test-sweep
+targets: [ner:masakhaner2:yor, ner:masakhaner2:ibo]
+sources: [ner:conll2003:en, ner:masakhaner2:hau]
+methods: [metaxl, joint]
+trials_per_search: {trials}
+max_concurrent: 2
+reduction_factor: 2
+space: {{rtn_width: [8, 16], rtn_layer: [0, null], lr: [1.0e-4, 3.0e-3], meta_lr: [1.0e-5, 1.0e-2]}}
+trial: {{encoder: tiny-bert, epochs: 3, source_train_size: 40, target_train_size: 30,
+         target_dev_size: 30, max_seq_length: 48, warmup_ratio: 0.0}}
+"""
+
+
+def sweep_command(tmp_path, trials: int, *extra) -> list[str]:
+    config = tmp_path / "sweep.yaml"
+    config.write_text(SWEEP.format(trials=trials), encoding="utf-8")
+    return [sys.executable, "sweeps/pairs.py", "--config", str(config),
+            "--output-dir", str(tmp_path / "out"), *extra]
+
+
+def trial_runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test-sweep")
+    return client.search_runs([experiment.experiment_id], "tags.role = 'trial'",
+                              max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    proc = subprocess.run(sweep_command(tmp_path, 3), cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp_path, proc.stdout
+
+
+def test_sweep_logs_one_tagged_run_per_trial(finished_sweep):
+    tmp_path, stdout = finished_sweep
+    runs = trial_runs(tmp_path)
+    assert len(runs) == 2 * 2 * 3
+    for run in runs:
+        tags = run.data.tags
+        assert tags["target_lang"] in ("yor", "ibo") and tags["method"] in ("metaxl", "joint")
+        assert tags["source_lang"] in ("en", "hau") and tags["task"] == "ner"
+        assert tags["encoder"] == "tiny-bert" and tags["sweep_id"] == "test-sweep"
+        assert run.info.status in ("FINISHED", "KILLED")
+        assert "dev/f1" in run.data.metrics and "best/test_f1" in run.data.metrics
+        assert run.data.params["method"] == tags["method"]
+    assert len({r.data.tags["trial_id"] for r in runs}) == len(runs)
+    assert "target" in stdout and "metaxl-joint" in stdout, "final summary table"
+
+
+def test_asha_stopped_at_least_one_trial(finished_sweep):
+    runs = trial_runs(finished_sweep[0])
+    stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
+    assert stopped and all(r.info.status == "KILLED" for r in stopped)
+    assert all(r.data.metrics["best/epoch"] < 3 for r in stopped)
+
+
+def test_export_picks_the_best_dev_run_and_a_rerun_reproduces_it(finished_sweep, tmp_path):
+    sweep_dir, _ = finished_sweep
+    uri = f"sqlite:///{sweep_dir / 'out' / 'mlflow.db'}"
+    paths = export(uri, "test-sweep", tmp_path / "exports")
+    assert sorted(p.name for p in paths) == ["ibo.yaml", "index.yaml", "yor.yaml"]
+    runs = trial_runs(sweep_dir)
+    exported = yaml.safe_load((tmp_path / "exports" / "yor.yaml").read_text())
+    finished = [r for r in runs if r.data.tags["target_lang"] == "yor"
+                and r.info.status == "FINISHED"]
+    best = max(r.data.metrics["best/dev_f1"] for r in finished)
+    assert exported["metrics"]["dev_f1"] == best
+    assert exported["config"]["source"] in ("ner:conll2003:en", "ner:masakhaner2:hau")
+    rerun = run_trial(TrialConfig.from_yaml(tmp_path / "exports" / "yor.yaml"))
+    assert rerun["final"]["test/f1"] == pytest.approx(exported["metrics"]["test_f1"], abs=1e-3)
+    assert rerun["final"]["dev/f1"] == pytest.approx(exported["metrics"]["dev_f1"], abs=1e-3)
+
+
+def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_path):
+    command = sweep_command(tmp_path, 2)
+    driver = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once some trials have reported
+        if (tmp_path / "out" / "mlflow.db").exists() and len(trial_runs_safe(tmp_path)) >= 2:
+            break
+        time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # noqa: S607 (venv's ray)
+    proc = subprocess.run(command + ["--resume"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = trial_runs(tmp_path)
+    assert len(runs) == 2 * 2 * 2
+    assert len({r.data.tags["trial_id"] for r in runs}) == len(runs)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def trial_runs_safe(tmp_path):
+    try:
+        return trial_runs(tmp_path)
+    except Exception:  # the store is being created by the driver
+        return []
