@@ -29,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from metaxl_core.encoders import load_encoder
 from metaxl_core.errors import MetaXLError
 from metaxl_core.train import run_trial
 from sweeps.settings import SweepConfig
@@ -98,14 +99,15 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
     fixed = sweep.base_trial(search["target"], search["method"], search["sources"][0]).to_dict()
     epochs = fixed["epochs"]
     name = search_name(search)
+    path = os.path.join(storage, name)
+    error_file = os.path.join(path, "mlflow-errors.json")
     tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
         "sweep_id": sweep_id, "task": sweep.task, "method": search["method"],
         "target_lang": search["target"].split(":")[-1], "target": search["target"],
-        "encoder": fixed["encoder"], "search": name}, fixed, epochs)
+        "encoder": fixed["encoder"], "search": name}, fixed, epochs, error_file)
     resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
     runnable = tune.with_resources(tune.with_parameters(trainable, fixed=fixed), resources)
-    path = os.path.join(storage, name)
-    if resume and tune.Tuner.can_restore(path):
+    if resume and tune.Tuner.can_restore(path):  # the restored RunConfig brings its tracker back
         tuner = tune.Tuner.restore(path, runnable, resume_unfinished=True, restart_errored=True)
     else:
         tuner = tune.Tuner(
@@ -119,8 +121,6 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    if resume:  # a restored Tuner keeps its old callbacks' settings; ours is re-attached
-        tuner._local_tuner._run_config.callbacks = [tracker]
     grid = tuner.fit()
     outcomes = []
     for result in grid:
@@ -132,7 +132,11 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
             row.update({"dev_f1": float(best[METRIC]), "test_f1": float(best["test/f1"]),
                         "epochs_run": int(history["epoch"].max())})
         outcomes.append(row)
-    unlogged = tracker.flush(attempts=5)
+    try:
+        with open(error_file, encoding="utf-8") as handle:
+            unlogged = json.load(handle)
+    except FileNotFoundError:
+        unlogged = [f"the MLflow tracker of {name} did not finish"]
     return {"search": search, "name": name, "trials": outcomes, "mlflow_errors": unlogged}
 
 
@@ -256,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                               "continue it or --output-dir for a new one")
         uri = args.mlflow_uri or default_tracking_uri(str(output_dir))
         client, experiment_id = open_experiment(uri, sweep.name)
-        from metaxl_core.train import _cached_encoder  # the layer count bounds the search
-        n_layers = _cached_encoder(sweep.base_trial(sweep.targets[0], sweep.methods[0]).encoder,
-                                   0)[0].config.num_hidden_layers
+        encoder, _ = load_encoder(sweep.base_trial(sweep.targets[0], sweep.methods[0]).encoder)
+        n_layers = encoder.config.num_hidden_layers  # bounds the rtn_layer dimension
+        del encoder
         print_plan(sweep, searches, n_layers)
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}} if args.address else None)
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                                      parents[s["target"]], sweep_id, args.resume)
                    for i, s in enumerate(searches)]
         outcomes = ray.get(futures)
+        ray.shutdown()  # flushes the searches' output before the summary
     except MetaXLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -86,9 +86,10 @@ class MLflowTracker(tune.Callback):
     """Logs each Tune trial of one search as an MLflow child run of its target's parent run."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, tags: dict,
-                 fixed_config: dict, epochs: int):
+                 fixed_config: dict, epochs: int, error_file: str):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
         self.tags, self.fixed_config, self.epochs = tags, fixed_config, epochs
+        self.error_file = error_file  # where unrecovered logging errors are left for the driver
         self.client = MlflowClient(tracking_uri=uri)
         self.run_ids: dict[str, str] = {}
         self.history: dict[str, list[dict]] = {}
@@ -130,10 +131,18 @@ class MLflowTracker(tune.Callback):
                     f"{trial.trial_id}", tags=tags).info.run_id
                 self.client.log_batch(run_id, params=[Param(k, v) for k, v in
                                                       safe_params(config).items()])
-            else:
+            else:  # a resumed trial: continue its run and its history
                 self.client.update_run(run_id, status="RUNNING")
+                self.history[trial.trial_id] = self._logged_history(run_id)
             self.run_ids[trial.trial_id] = run_id
         return self.run_ids[trial.trial_id]
+
+    def _logged_history(self, run_id: str) -> list[dict]:
+        by_epoch: dict[int, dict] = {}
+        for key in ("dev/f1", "test/f1"):
+            for metric in self.client.get_metric_history(run_id, key):
+                by_epoch.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+        return [by_epoch[e] for e in sorted(by_epoch)]
 
     # -- Tune callbacks
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -142,7 +151,8 @@ class MLflowTracker(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.history.setdefault(trial.trial_id, []).append({"epoch": epoch, **metrics})
+        history = self.history.setdefault(trial.trial_id, [])
+        history[:] = [m for m in history if m["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
         best = max(self.history[trial.trial_id], key=lambda m: (m.get("dev/f1", 0.0), -m["epoch"]))
         summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/test_f1": best.get("test/f1", 0.0),
                    "best/epoch": best["epoch"]}
@@ -162,6 +172,11 @@ class MLflowTracker(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         error = getattr(trial, "error_msg", None) or "see the Ray Tune trial log"
         self._finish(trial, "FAILED", {"error": str(error)[-4000:]})
+
+    def on_experiment_end(self, trials, **info):
+        errors = self.flush(attempts=5)
+        with open(self.error_file, "w", encoding="utf-8") as handle:
+            json.dump(errors, handle)
 
     def _finish(self, trial, status: str, tags: dict) -> None:
         history = list(self.history.get(trial.trial_id, []))

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -104,7 +105,8 @@ def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_pa
         time.sleep(1)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # noqa: S607 (venv's ray)
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+                   capture_output=True)  # the killed driver's local Ray
     proc = subprocess.run(command + ["--resume"], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
