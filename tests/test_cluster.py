@@ -239,7 +239,7 @@ def test_data_and_caches(cfg):
         assert any(env[key].startswith(c + "/") for c in volumes), (key, env[key], volumes)
     # Every node type that runs trials (the GPU workers) resolves the encoders once at setup.
     prefetch = " ".join(cfg["worker_setup_commands"])
-    assert "from_pretrained" in prefetch and "xlm-roberta-base" in prefetch
+    assert "load_encoder" in prefetch and "xlm-roberta-base" in prefetch
     host_dirs = set(volumes.values())
     init = " ".join(cfg.get("initialization_commands", []))
     for worker in head_and_workers(cfg)[1].values():
