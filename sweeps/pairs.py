@@ -28,7 +28,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from metaxl_core import data as data_lib
 from metaxl_core.encoders import load_encoder
 from metaxl_core.errors import MetaXLError
 from metaxl_core.train import run_trial
@@ -76,7 +78,10 @@ def trainable(config: dict, fixed: dict) -> None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / "state.pt", weights_only=True)
 
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict, state: dict) -> None:
+        metrics["node_id"] = node_id  # which cluster node ran the trial (an MLflow tag)
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -156,6 +161,14 @@ def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None) -
         sources = ", ".join(s or "-" for s in search["sources"])
         print(f"{search_name(search):<58} {sources:<40} "
               f"{', '.join((['source'] if len(search['sources']) > 1 else []) + search['dimensions'])}")
+
+
+def check_datasets(sweep: SweepConfig) -> None:
+    """Fail before launching anything if a target or source cannot be read (unknown dataset
+    or language, missing files, hub unreachable): reads each one's dev split."""
+    root = data_lib.resolve_data_root(sweep.data_root)
+    for name in dict.fromkeys(sweep.targets + sweep.sources):
+        data_lib.read_split(data_lib.DataSpec.parse(name), "dev", root)
 
 
 def check_resources(sweep: SweepConfig, address: str | None) -> None:
@@ -258,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if summary_path.exists() and not args.resume:
             raise MetaXLError(f"{output_dir} already holds a finished sweep; pass --resume to "
                               "continue it or --output-dir for a new one")
+        check_datasets(sweep)
         uri = args.mlflow_uri or default_tracking_uri(str(output_dir))
         client, experiment_id = open_experiment(uri, sweep.name)
         encoder, _ = load_encoder(sweep.base_trial(sweep.targets[0], sweep.methods[0]).encoder)
@@ -270,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         sweep_id = sweep.name
         parents = {t: target_run(client, experiment_id, sweep_id, t) for t in sweep.targets}
         storage = str(output_dir / "tune")
-        futures = [run_search.remote(sweep, s, i, n_layers, storage, uri, experiment_id,
-                                     parents[s["target"]], sweep_id, args.resume)
+        # Search drivers stay on this node: losing a worker node must not lose a search.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        futures = [run_search.options(scheduling_strategy=here).remote(
+                       sweep, s, i, n_layers, storage, uri, experiment_id,
+                       parents[s["target"]], sweep_id, args.resume)
                    for i, s in enumerate(searches)]
         outcomes = ray.get(futures)
         ray.shutdown()  # flushes the searches' output before the summary
@@ -299,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['wall_time_s']:.0f} s")
     if errors:
         print(f"error: MLflow logging failed and was not recovered: {errors}", file=sys.stderr)
-        return 1
-    return 0
+    if failed:
+        print(f"error: {len(failed)} trial(s) failed; their errors are in {summary_path} and in "
+              "MLflow (status FAILED, tag 'error')", file=sys.stderr)
+    return 1 if errors or failed else 0
 
 
 if __name__ == "__main__":

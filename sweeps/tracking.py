@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 import yaml
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -119,6 +119,7 @@ class MLflowTracker(tune.Callback):
         return self.errors
 
     def _run_id(self, trial) -> str:
+        """The trial's run: found by trial id (a resumed trial), else created."""
         if trial.trial_id not in self.run_ids:
             run_id = find_run(self.client, self.experiment_id, trial_id=trial.trial_id)
             if run_id is None:
@@ -129,11 +130,10 @@ class MLflowTracker(tune.Callback):
                 run_id = self.client.create_run(
                     self.experiment_id, run_name=f"{tags['method']}-{tags['target_lang']}-"
                     f"{trial.trial_id}", tags=tags).info.run_id
-                self.client.log_batch(run_id, params=[Param(k, v) for k, v in
-                                                      safe_params(config).items()])
-            else:  # a resumed trial: continue its run and its history
+            else:  # continue its run, and its history unless this process holds it already
                 self.client.update_run(run_id, status="RUNNING")
-                self.history[trial.trial_id] = self._logged_history(run_id)
+                if not self.history.get(trial.trial_id):
+                    self.history[trial.trial_id] = self._logged_history(run_id)
             self.run_ids[trial.trial_id] = run_id
         return self.run_ids[trial.trial_id]
 
@@ -146,7 +146,8 @@ class MLflowTracker(tune.Callback):
 
     # -- Tune callbacks
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._do(lambda: self._run_id(trial))
+        params = [Param(k, v) for k, v in safe_params({**self.fixed_config, **trial.config}).items()]
+        self._do(lambda: self.client.log_batch(self._run_id(trial), params=params))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
@@ -157,9 +158,10 @@ class MLflowTracker(tune.Callback):
         summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/test_f1": best.get("test/f1", 0.0),
                    "best/epoch": best["epoch"]}
         stamp = int(time.time() * 1000)
+        tags = [RunTag("node_id", str(result["node_id"]))] if "node_id" in result else []
 
         def log():
-            self.client.log_batch(self._run_id(trial), metrics=[
+            self.client.log_batch(self._run_id(trial), tags=tags, metrics=[
                 Metric(k, float(v), stamp, epoch) for k, v in {**metrics, **summary}.items()])
         self._do(log)
 
@@ -170,8 +172,11 @@ class MLflowTracker(tune.Callback):
                      {"stopped_early": str(stopped).lower()})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = getattr(trial, "error_msg", None) or "see the Ray Tune trial log"
-        self._finish(trial, "FAILED", {"error": str(error)[-4000:]})
+        path = trial.error_file  # Tune writes it on the driver before calling us
+        error = (open(path, encoding="utf-8").read() if path and os.path.exists(path)
+                 else "no traceback saved; see the Ray Tune trial log").strip()
+        self._finish(trial, "FAILED", {"error": error[-4000:],
+                                       "error_summary": error.splitlines()[-1][:500]})
 
     def on_experiment_end(self, trials, **info):
         errors = self.flush(attempts=5)
@@ -195,3 +200,41 @@ class MLflowTracker(tune.Callback):
                     indent=2, sort_keys=True), "results.json")
             self.client.set_terminated(run_id, status=status)
         self._do(finish)
+
+
+def log_results(client: MlflowClient, experiment_id: str, results: dict, tags: dict,
+                run_name: str | None = None) -> str:
+    """Log a finished `run_trial` results dict as one FINISHED MLflow run with the sweep
+    conventions: the tags given (role, target, target_lang, source_lang, method, task, encoder,
+    ...), the config as params, `dev/*`, `test/*` and `train/*` per epoch (step = epoch), the
+    summary `best/dev_f1`, `best/test_f1`, `best/epoch`, every `final/<split>/<metric>` at the
+    best dev epoch, `wall_time_s`, and the whole results dict as the artifact results.json.
+    Returns the run id."""
+    config = results["config"]
+    tags = {"task": config["task"], "encoder": config["encoder"],
+            "target": config["target"], "target_lang": config["target"].split(":")[-1],
+            "source_lang": config["source"].split(":")[-1] if config.get("source") else "none",
+            "method": config["method"], **{k: str(v) for k, v in tags.items()}}
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    stamp = int(time.time() * 1000)
+    metrics = []
+    for row in results["history"]:
+        epoch = int(row["epoch"])
+        metrics += [Metric(k, float(v), stamp, epoch) for k, v in row.items()
+                    if "/" in k and isinstance(v, (int, float)) and v == v]
+    final = results["final"]
+    summary = {"best/dev_f1": final.get("dev/f1", 0.0), "best/test_f1": final.get("test/f1", 0.0),
+               "best/epoch": results["best_epoch"], "wall_time_s": results.get("wall_time_s", 0.0),
+               **{f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))}}
+    metrics += [Metric(k, float(v), stamp, 0) for k, v in summary.items()]
+    params = [Param(k, v[:6000]) for k, v in safe_params(config).items()]
+    # MLflow takes at most 100 params and 1000 entries per batch
+    for i in range(0, max(len(params), 1), 100):
+        chunk = metrics[:900] if i == 0 else []
+        client.log_batch(run_id, params=params[i:i + 100], metrics=chunk)
+    for i in range(900, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[i:i + 900])
+    client.log_text(run_id, json.dumps(results, indent=2, sort_keys=True, default=str),
+                    "results.json")
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id

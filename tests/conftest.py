@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-_SCRATCH = Path(tempfile.mkdtemp(prefix="metaxl-tests-"))
+# One scratch folder per test session (this module is imported as conftest and tests.conftest).
+_SCRATCH = Path(os.environ.get("METAXL_TEST_SCRATCH") or tempfile.mkdtemp(prefix="metaxl-tests-"))
+os.environ["METAXL_TEST_SCRATCH"] = str(_SCRATCH)
+(_SCRATCH / "home").mkdir(exist_ok=True)
+os.environ["HOME"] = str(_SCRATCH / "home")  # Ray writes ~/.ray/auth_token for local clusters
 for key, value in {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",

@@ -1,0 +1,422 @@
+"""Results report from an MLflow experiment: markdown tables, gains, plots, JSON.
+
+    python sweeps/report.py --mlflow-uri sqlite:///bench/runs/cpu/mlflow.db \\
+        --experiment metaxl-transfer-cpu --out results/
+
+Input: the FINISHED runs of one experiment, either
+- a benchmark (`bench/transfer.py`, tag `role=bench`): every seed is a run; cells are the mean
+  ± sample std over seeds of `best/test_f1` (test F1 at the best dev epoch), or
+- a sweep (`sweeps/pairs.py`, tag `role=trial`): per (target, source, method) the trial with the
+  highest `best/dev_f1` is used (one value, no std).
+
+Methods are the `method` tag; a `metaxl` run whose hypergradient (tag or param) is `truncated`
+is reported as `metaxl_trunc`. Runs with a `grid` tag (e.g. `meta_lr=0.0001`, from a preset's
+`grid`) form a sensitivity study reported on the dev split instead of the main tables.
+
+Outputs (fixed names under --out; `<task>` is ner or sentiment):
+    report.md                 tables per task, MetaXL - joint gains, links to the plots
+    report.json               every cell (values per seed, mean, std, n) and gain
+    <task>_bars.png           per (target, source) grouped bars, error bars = std over seeds
+    <task>_gain_heatmap.png   source x target heatmap of MetaXL - joint (when >1 source)
+    <task>_curves.png         dev F1 per epoch (mean ± std over seeds) per method, one target
+    <task>_sensitivity.png    dev F1 against the grid value (grid runs only)
+Scores are shown as F1 x 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+METHOD_ORDER = ["target_only", "source_only", "joint", "metaxl", "metaxl_trunc"]
+METHOD_TITLES = {"target_only": "target only", "source_only": "source only", "joint": "joint (JT)",
+                 "metaxl": "MetaXL exact", "metaxl_trunc": "MetaXL truncated"}
+TASK_ORDER = ["ner", "sentiment"]
+GAIN_METHODS = ["metaxl", "metaxl_trunc"]
+
+
+# ---------------------------------------------------------------------------- reading
+def lang(name: str | None) -> str:
+    return name.split(":")[-1] if name and name != "none" else "none"
+
+
+def method_label(tags: dict, params: dict) -> str:
+    method = tags.get("method") or params.get("method", "?")
+    hyper = tags.get("hypergradient") or params.get("hypergradient")
+    if method == "metaxl" and hyper == "truncated":
+        return "metaxl_trunc"
+    return method
+
+
+def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
+    """FINISHED runs of the experiment as plain records."""
+    records, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], "attributes.status = 'FINISHED'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+            role = tags.get("role")
+            if role not in ("bench", "trial") or "best/test_f1" not in metrics:
+                continue
+            source = tags.get("source") or params.get("source") or "none"
+            records.append({
+                "run_id": run.info.run_id, "role": role,
+                "task": tags.get("task") or params.get("task"),
+                "target": tags.get("target") or params.get("target"),
+                "source": "none" if source in ("None", "") else source,
+                "method": method_label(tags, params),
+                "seed": tags.get("seed") or params.get("seed"),
+                "grid": tags.get("grid", ""),
+                "dev": float(metrics.get("best/dev_f1", float("nan"))),
+                "test": float(metrics["best/test_f1"]),
+            })
+        token = page.token
+        if not token:
+            break
+    records.sort(key=lambda r: (r["task"], r["target"], r["source"], r["method"], r["grid"],
+                                str(r["seed"]), r["run_id"]))
+    return records
+
+
+def select(records: list[dict]) -> list[dict]:
+    """Bench runs as they are; sweep trials: the best by dev F1 per (task, target, source,
+    method, grid)."""
+    bench = [r for r in records if r["role"] == "bench"]
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if r["role"] != "trial":
+            continue
+        key = (r["task"], r["target"], r["source"], r["method"], r["grid"])
+        if key not in best or r["dev"] > best[key]["dev"]:
+            best[key] = r
+    return bench + [best[k] for k in sorted(best)]
+
+
+# ---------------------------------------------------------------------------- aggregation
+def stats(values: list[float]) -> dict:
+    return {"values": values, "n": len(values), "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def methods_in(rows: list[dict]) -> list[str]:
+    present = {m for r in rows for m in r["cells"]}
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+
+
+def build_tables(records: list[dict], split: str = "test") -> dict:
+    """{task: [row]}; a row per (target, source) with a cell per method."""
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in records:
+        if r["grid"]:
+            continue
+        groups.setdefault((r["task"], r["target"], r["source"]), {}).setdefault(
+            r["method"], []).append(r[split] * 100)
+    tables: dict[str, list[dict]] = {}
+    for (task, target, source), cells in sorted(groups.items()):
+        row = {"target": target, "source": source,
+               "cells": {m: stats(v) for m, v in cells.items()}}
+        for method in GAIN_METHODS:
+            if method in cells and "joint" in cells:
+                row.setdefault("gains", {})[method] = (row["cells"][method]["mean"]
+                                                       - row["cells"]["joint"]["mean"])
+        tables.setdefault(task, []).append(row)
+    return {t: tables[t] for t in sorted(tables, key=lambda t: (t not in TASK_ORDER, t))}
+
+
+def fmt_cell(cell: dict | None) -> str:
+    if cell is None:
+        return "–"
+    if cell["n"] > 1:
+        return f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+    return f"{cell['mean']:.1f}"
+
+
+def fmt_gain(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.1f}"
+
+
+def row_label(row: dict) -> str:
+    return f"{lang(row['target'])} ← {lang(row['source'])}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    methods = methods_in(rows)
+    gains = [m for m in GAIN_METHODS if any(m in r.get("gains", {}) for r in rows)]
+    head = ["target ← source"] + [METHOD_TITLES.get(m, m) for m in methods] + \
+        [f"Δ {METHOD_TITLES[m]} − JT" for m in gains]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows + [average_row(rows, methods)]:
+        cells = row["cells"]
+        top = max((c["mean"] for c in cells.values()), default=None)
+        parts = [row.get("label") or row_label(row)]
+        for m in methods:
+            text = fmt_cell(cells.get(m))
+            if m in cells and cells[m]["mean"] == top:
+                text = f"**{text}**"
+            parts.append(text)
+        parts += [fmt_gain(row.get("gains", {}).get(m)) for m in gains]
+        lines.append("| " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def average_row(rows: list[dict], methods: list[str]) -> dict:
+    """Mean over rows of each method's mean (only methods present in every row)."""
+    cells, gains = {}, {}
+    for m in methods:
+        if all(m in r["cells"] for r in rows):
+            cells[m] = {"mean": statistics.fmean(r["cells"][m]["mean"] for r in rows), "n": 1,
+                        "std": 0.0, "values": []}
+    for m in GAIN_METHODS:
+        if all(m in r.get("gains", {}) for r in rows):
+            gains[m] = statistics.fmean(r["gains"][m] for r in rows)
+    return {"label": "average", "cells": cells, "gains": gains}
+
+
+# ---------------------------------------------------------------------------- plots
+COLORS = {"target_only": "#9e9e9e", "source_only": "#8da0cb", "joint": "#fc8d62",
+          "metaxl": "#66c2a5", "metaxl_trunc": "#a6d854"}
+
+
+def plot_bars(task: str, rows: list[dict], path: Path, metric: str = "test F1 × 100") -> None:
+    methods = methods_in(rows)
+    width = 0.8 / len(methods)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.2), dpi=110)
+    for i, m in enumerate(methods):
+        means = [r["cells"][m]["mean"] if m in r["cells"] else np.nan for r in rows]
+        stds = [r["cells"][m]["std"] if m in r["cells"] else 0.0 for r in rows]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+               label=METHOD_TITLES.get(m, m), color=COLORS.get(m))
+    ax.set_xticks(x, [row_label(r) for r in rows], rotation=20 if len(rows) > 6 else 0)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task}: test score at the best dev epoch (mean ± std over seeds)")
+    ax.legend(fontsize=8, ncol=min(5, len(methods)), loc="upper center",
+              bbox_to_anchor=(0.5, -0.12 if len(rows) <= 6 else -0.2))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_heatmap(task: str, rows: list[dict], path: Path) -> bool:
+    """Source x target MetaXL - joint (test F1 points); one panel per MetaXL variant."""
+    sources = sorted({lang(r["source"]) for r in rows if r.get("gains")})
+    targets = sorted({lang(r["target"]) for r in rows if r.get("gains")})
+    variants = [m for m in GAIN_METHODS if any(m in r.get("gains", {}) for r in rows)]
+    if len(sources) < 2 or not variants:
+        return False
+    fig, axes = plt.subplots(1, len(variants), figsize=(3.2 + 1.1 * len(targets) * len(variants),
+                                                        1.2 + 0.6 * len(sources)),
+                             dpi=110, squeeze=False)
+    grids = []
+    for m in variants:
+        grid = np.full((len(sources), len(targets)), np.nan)
+        for r in rows:
+            if m in r.get("gains", {}):
+                grid[sources.index(lang(r["source"])), targets.index(lang(r["target"]))] = \
+                    r["gains"][m]
+        grids.append(grid)
+    bound = max(1.0, float(np.nanmax(np.abs(np.stack(grids)))))
+    for ax, m, grid in zip(axes[0], variants, grids):
+        image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(targets)), targets)
+        ax.set_yticks(range(len(sources)), sources)
+        ax.set_xlabel("target")
+        ax.set_ylabel("source")
+        ax.set_title(f"{METHOD_TITLES[m]} − JT", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="test F1 points")
+    fig.suptitle(f"{task}: MetaXL gain over joint training with the same source", fontsize=9)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def curves(client: MlflowClient, records: list[dict], task: str, target: str,
+           source: str) -> dict:
+    """{method: {epoch: [dev f1 per seed]}} from the runs' metric histories."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for r in records:
+        if (r["task"], r["target"], r["source"], r["grid"]) != (task, target, source, ""):
+            continue
+        for metric in client.get_metric_history(r["run_id"], "dev/f1"):
+            out.setdefault(r["method"], {}).setdefault(int(metric.step), []).append(
+                metric.value * 100)
+    return out
+
+
+def plot_curves(task: str, label: str, data: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+    for m in [m for m in METHOD_ORDER if m in data] + sorted(set(data) - set(METHOD_ORDER)):
+        epochs = sorted(data[m])
+        means = np.array([statistics.fmean(data[m][e]) for e in epochs])
+        stds = np.array([statistics.stdev(data[m][e]) if len(data[m][e]) > 1 else 0.0
+                         for e in epochs])
+        ax.plot(epochs, means, marker="o", label=METHOD_TITLES.get(m, m), color=COLORS.get(m))
+        ax.fill_between(epochs, means - stds, means + stds, alpha=0.15, color=COLORS.get(m))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dev F1 × 100")
+    ax.set_title(f"{task} {label}: dev F1 per epoch (mean ± std over seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def sensitivity(records: list[dict]) -> dict:
+    """{task: {(target, source, method): {grid value: stats of dev F1}}} for grid runs."""
+    out: dict = {}
+    for r in records:
+        if not r["grid"]:
+            continue
+        key = (r["target"], r["source"], r["method"])
+        out.setdefault(r["task"], {}).setdefault(key, {}).setdefault(r["grid"], []).append(
+            r["dev"] * 100)
+    return {task: {key: {g: stats(v) for g, v in sorted(grid.items(), key=_grid_sort)}
+                   for key, grid in sorted(groups.items())}
+            for task, groups in out.items()}
+
+
+def _grid_sort(item):
+    value = item[0].split("=", 1)[-1]
+    try:
+        return (0, float(value), item[0])
+    except ValueError:
+        return (1, 0.0, item[0])
+
+
+def plot_sensitivity(task: str, groups: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+    for (target, source, method), grid in groups.items():
+        names = list(grid)
+        ax.errorbar(range(len(names)), [grid[g]["mean"] for g in names],
+                    yerr=[grid[g]["std"] for g in names], marker="o", capsize=3,
+                    label=f"{METHOD_TITLES.get(method, method)} {lang(target)} ← {lang(source)}",
+                    color=COLORS.get(method))
+        ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("dev F1 × 100")
+    ax.set_title(f"{task}: sensitivity (dev split, mean ± std over seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- report
+def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict | None = None,
+                 ) -> dict:
+    """Write report.md, report.json and the PNGs into `out`; returns the report dict.
+
+    curve_targets: {task: "target name" or "target|source"} for the learning-curve plot
+    (default: the first row of each task's table)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        exp = client.get_experiment(experiment) if experiment.isdigit() else None
+    if exp is None:
+        raise SystemExit(f"error: no experiment {experiment!r} at {uri}")
+    records = select(read_runs(client, exp.experiment_id))
+    tables = build_tables(records, "test")
+    dev_tables = build_tables(records, "dev")
+    sens = sensitivity(records)
+    kinds = sorted({r["role"] for r in records})
+    md = [f"# Results: experiment `{exp.name}`", "",
+          f"{len(records)} runs ({', '.join(kinds) or 'none'}). Cells: test F1 × 100 at the best "
+          "dev epoch, mean ± sample std over seeds (n per cell in report.json); best mean per "
+          "row in bold; Δ = MetaXL mean − joint-training (JT) mean with the same source, in F1 "
+          "points. The `average` row is the mean of the row means.", ""]
+    report = {"experiment": exp.name, "tracking_uri": uri, "n_runs": len(records), "tasks": {}}
+    for task, rows in tables.items():
+        bars = out / f"{task}_bars.png"
+        plot_bars(task, rows, bars)
+        heat = out / f"{task}_gain_heatmap.png"
+        has_heat = plot_heatmap(task, rows, heat)
+        if not has_heat and heat.exists():
+            heat.unlink()
+        wanted = (curve_targets or {}).get(task)
+        pick = rows[0]
+        for row in rows:
+            if wanted and wanted in (row["target"], f"{row['target']}|{row['source']}",
+                                     lang(row["target"])):
+                pick = row
+                break
+        curve_data = curves(client, records, task, pick["target"], pick["source"])
+        curve_path = out / f"{task}_curves.png"
+        if curve_data:
+            plot_curves(task, row_label(pick), curve_data, curve_path)
+        md += [f"## {task}", "", markdown_table(rows), "",
+               "Dev split (the model-selection split), same layout:", "",
+               markdown_table(dev_tables[task]), "",
+               f"![{task} bars]({bars.name})", ""]
+        if has_heat:
+            md += [f"![{task} MetaXL gain heatmap]({heat.name})", ""]
+        if curve_data:
+            md += [f"Learning curves ({row_label(pick)}):", "", f"![{task} curves]({curve_path.name})",
+                   ""]
+        report["tasks"][task] = {
+            "rows": [{"target": r["target"], "source": r["source"], "cells": r["cells"],
+                      "gains": r.get("gains", {}),
+                      "dev_cells": next(d["cells"] for d in dev_tables[task]
+                                        if (d["target"], d["source"]) == (r["target"], r["source"]))}
+                     for r in rows],
+            "average": average_row(rows, methods_in(rows)),
+            "curves": {"target": pick["target"], "source": pick["source"],
+                       "dev_f1_by_epoch": {m: {str(e): v for e, v in sorted(d.items())}
+                                           for m, d in curve_data.items()}},
+            "plots": [p.name for p in (bars, heat if has_heat else None,
+                                       curve_path if curve_data else None) if p]}
+    for task, groups in sens.items():
+        path = out / f"{task}_sensitivity.png"
+        plot_sensitivity(task, groups, path)
+        md += [f"## {task}: sensitivity (dev F1 × 100, mean ± std over seeds)", ""]
+        for (target, source, method), grid in groups.items():
+            md += [f"{METHOD_TITLES.get(method, method)}, {lang(target)} ← {lang(source)}:", "",
+                   "| " + " | ".join(grid) + " |", "|" + "---|" * len(grid),
+                   "| " + " | ".join(fmt_cell(c) for c in grid.values()) + " |", ""]
+        md += [f"![{task} sensitivity]({path.name})", ""]
+        report.setdefault("sensitivity", {})[task] = [
+            {"target": t, "source": s, "method": m, "dev": grid}
+            for (t, s, m), grid in groups.items()]
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True),
+                                     encoding="utf-8")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mlflow-uri", required=True, help="e.g. sqlite:///bench/runs/cpu/mlflow.db")
+    p.add_argument("--experiment", required=True, help="experiment name (or id)")
+    p.add_argument("--out", required=True, help="output folder, e.g. results/")
+    p.add_argument("--curve-target", action="append", default=[], metavar="TASK=TARGET",
+                   help="learning-curve target per task, e.g. ner=lug or ner=ner:masakhaner2:lug")
+    args = p.parse_args(argv)
+    wanted = dict(item.split("=", 1) for item in args.curve_target)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    report = build_report(args.mlflow_uri, args.experiment, args.out, wanted)
+    print(f"wrote {Path(args.out) / 'report.md'} ({report['n_runs']} runs, "
+          f"tasks: {', '.join(report['tasks']) or 'none'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

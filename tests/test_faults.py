@@ -1,0 +1,217 @@
+"""Injected faults: non-finite losses, failing trials, an unreachable MLflow, logging outages,
+impossible resources, and a worker node lost mid-sweep on a real two-node Ray cluster."""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from metaxl_core.errors import TrainingError
+from metaxl_core.meta import metaxl_step, plain_step
+from sweeps.tracking import MLflowTracker, open_experiment
+from tests.conftest import PROJECT_ROOT
+from tests.test_meta import batch, make_model
+
+SAMPLE = PROJECT_ROOT / "metaxl_core" / "sample_data"
+RAY = str(Path(sys.executable).with_name("ray"))
+
+SMALL_SWEEP = """
+name: {name}
+targets: [ner:masakhaner2:yor]
+sources: [ner:conll2003:en, ner:masakhaner2:hau]
+methods: [joint]
+grid_pairs: {grid}
+trials_per_search: {trials}
+max_concurrent: 2
+max_failures: {retries}
+space: {{lr: [1.0e-4, 3.0e-3]}}
+trial: {{encoder: tiny-bert, epochs: {epochs}, source_train_size: 40, target_train_size: 30,
+         target_dev_size: 30, max_seq_length: 48}}
+"""
+
+
+def write_sweep(tmp_path, name="faults", grid="false", trials=2, retries=0, epochs=2) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SMALL_SWEEP.format(name=name, grid=grid, trials=trials, retries=retries,
+                                       epochs=epochs), encoding="utf-8")
+    return str(path)
+
+
+def sweep(args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, "sweeps/pairs.py", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def runs(db: Path, experiment: str):
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.role = 'trial'", max_results=1000)
+
+
+# ---------------------------------------------------------------------------- in-process
+@pytest.mark.parametrize("method", ["joint", "metaxl"])
+def test_non_finite_loss_stops_the_step_with_a_clear_reason(method):
+    model = make_model("bert", rtn_layer=1)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    theta_opt = torch.optim.AdamW(model.theta().values(), lr=1e-3)
+    with pytest.raises(TrainingError, match="non-finite train loss"):
+        if method == "joint":
+            plain_step(model, theta_opt, [batch(gen, 2, 5)], max_grad_norm=1.0)
+        else:
+            metaxl_step(model, theta_opt, torch.optim.Adam(model.phi().values()),
+                        batch(gen, 2, 5), batch(gen, 2, 5), batch(gen, 2, 5), virtual_lr=1e-3,
+                        truncated=False, max_grad_norm=1.0)
+    for name, param in model.named_parameters():  # nothing was updated
+        torch.testing.assert_close(param, before[name], rtol=0, atol=0, equal_nan=True)
+
+
+def test_tracker_keeps_failed_logging_calls_and_reports_what_never_arrived(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, experiment_id = open_experiment(uri, "outage")
+    parent = client.create_run(experiment_id).info.run_id
+    tracker = MLflowTracker(uri, experiment_id, parent, {"method": "joint", "target_lang": "yor"},
+                            {"source": "ner:conll2003:en"}, epochs=2,
+                            error_file=str(tmp_path / "errors.json"))
+    trial = SimpleNamespace(trial_id="t1", config={"lr": 0.01}, error_file=None)
+    real_log_batch = tracker.client.log_batch
+    down = {"on": True}
+
+    def flaky_log_batch(*args, **kwargs):
+        if down["on"]:
+            raise ConnectionError("tracking server unreachable")
+        return real_log_batch(*args, **kwargs)
+
+    tracker.client.log_batch = flaky_log_batch  # the server goes down mid-sweep
+    tracker.on_trial_start(0, [], trial)
+    tracker.on_trial_result(0, [], trial, {"epoch": 1, "dev/f1": 0.5, "test/f1": 0.4})
+    assert tracker.pending and "unreachable" in tracker.errors[0]
+    down["on"] = False  # and comes back: the buffered calls go through in order
+    tracker.on_trial_result(0, [], trial, {"epoch": 2, "dev/f1": 0.6, "test/f1": 0.45})
+    tracker.on_trial_complete(0, [], trial)
+    assert not tracker.pending
+    run = client.search_runs([experiment_id], "tags.trial_id = 't1'")[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["best/dev_f1"] == 0.6
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "dev/f1")] == [0.5, 0.6]
+
+    down["on"] = True  # down for good: the end of the experiment reports it
+    tracker.on_trial_result(0, [], trial, {"epoch": 3, "dev/f1": 0.7, "test/f1": 0.5})
+    tracker.flush = lambda attempts=1: MLflowTracker.flush(tracker, attempts=1)
+    tracker.on_experiment_end([])
+    assert "unreachable" in json.loads((tmp_path / "errors.json").read_text())[0]
+
+
+# ---------------------------------------------------------------------------- driver
+def test_unreachable_mlflow_fails_before_any_trial(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.time()
+    proc = sweep(["--config", write_sweep(tmp_path), "--output-dir", str(tmp_path / "out"),
+                  "--mlflow-uri", f"http://127.0.0.1:{port}"], timeout=300)
+    assert proc.returncode == 2
+    assert f"http://127.0.0.1:{port}" in proc.stderr and "not reachable" in proc.stderr
+    assert not (tmp_path / "out" / "tune").exists(), "no trial may start"
+    assert time.time() - started < 120
+
+
+def test_resources_no_node_can_satisfy_fail_with_the_plan(tmp_path):
+    proc = sweep(["--config", write_sweep(tmp_path), "--output-dir", str(tmp_path / "out"),
+                  "--cpus-per-trial", "512"], timeout=300)
+    assert proc.returncode == 2
+    assert "1 searches x 2 trials" in proc.stdout, "the plan is printed first"
+    assert "no node can run a trial needing" in proc.stderr and "'CPU': 512.0" in proc.stderr
+
+
+def test_unknown_language_fails_before_launching(tmp_path):
+    proc = sweep(["--config", write_sweep(tmp_path), "--output-dir", str(tmp_path / "out"),
+                  "--targets", "ner:masakhaner2:xyz"], timeout=300)
+    assert proc.returncode == 2 and "xyz" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_failing_trials_are_failed_in_mlflow_and_the_sweep_goes_on(tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(SAMPLE, root)
+    hau = root / "ner" / "masakhaner2" / "hau" / "train.txt"
+    hau.write_text("\n\n".join(hau.read_text(encoding="utf-8").split("\n\n")[:10]) + "\n",
+                   encoding="utf-8")  # too small for source_train_size 40: every hau trial fails
+    proc = sweep(["--config", write_sweep(tmp_path, grid="true"), "--data-root", str(root),
+                  "--output-dir", str(tmp_path / "out")])
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 trial(s) failed" in proc.stderr
+    trials = runs(tmp_path / "out" / "mlflow.db", "faults")
+    failed = [r for r in trials if r.info.status == "FAILED"]
+    assert len(trials) == 4 and len(failed) == 2
+    for run in failed:
+        assert run.data.tags["source_lang"] == "hau"
+        assert "source_train_size=40" in run.data.tags["error_summary"]
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in trials if r not in failed)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["failed_trials"]) == 2 and summary["targets"][0]["best_method"] == "joint"
+
+
+def _start_node(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def test_two_node_cluster_spreads_trials_and_survives_losing_a_worker(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # token auth, as on a real cluster
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    nodes = [_start_node(["--head", "--port", str(port), "--num-cpus", "1", "--num-gpus", "0",
+                          "--include-dashboard", "false", "--temp-dir", temp], env)]
+    try:
+        time.sleep(8)
+        nodes.append(_start_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"], env))
+        time.sleep(8)
+        out = tmp_path / "out"
+        driver = subprocess.Popen(
+            [sys.executable, "sweeps/pairs.py", "--config",
+             write_sweep(tmp_path, name="cluster", trials=4, retries=3, epochs=3),
+             "--address", f"127.0.0.1:{port}", "--output-dir", str(out)],
+            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"})
+        deadline = time.time() + 300
+        while time.time() < deadline:  # lose the worker once both nodes have run trials
+            try:
+                nodes_used = {r.data.tags.get("node_id") for r in runs(out / "mlflow.db", "cluster")}
+            except Exception:
+                nodes_used = set()
+            if len(nodes_used - {None}) >= 2:
+                break
+            time.sleep(1)
+        if len(nodes_used - {None}) < 2:
+            driver.kill()
+            pytest.fail("trials must land on both nodes; driver output:\n"
+                        + driver.communicate()[0][-3000:])
+        os.killpg(nodes[1].pid, signal.SIGTERM)  # the worker node goes away mid-sweep
+        output, _ = driver.communicate(timeout=600)
+        assert driver.returncode == 0, output[-3000:]
+        trials = runs(out / "mlflow.db", "cluster")
+        assert len(trials) == 4 and all(r.info.status in ("FINISHED", "KILLED") for r in trials)
+    finally:
+        for node in reversed(nodes):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+                node.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
