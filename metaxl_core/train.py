@@ -198,7 +198,9 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         first_epoch = resume_from["epoch"] + 1
 
     n_meta = max(1, round(cfg.batch_size * cfg.meta_fraction))
+    timing = {"time/setup_s": time.perf_counter() - started, "time/train_s": 0.0, "time/eval_s": 0.0}
     for epoch in range(first_epoch, cfg.epochs):
+        epoch_started = time.perf_counter()
         epoch_seed = cfg.seed * 1000 + epoch
         target_batches = _endless_batches(splits["target_train"].features, collator,
                                           cfg.batch_size, epoch_seed)
@@ -226,14 +228,18 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                 losses[key] = losses.get(key, 0.0) + value / steps_per_epoch
             bar.set_postfix({k: f"{v:.3f}" for k, v in step.items()})
         metrics = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in losses.items()}}
+        eval_started = time.perf_counter()
+        timing["time/train_s"] += eval_started - epoch_started
         for split in ("dev", "test"):
             scores = evaluate(model, splits[f"target_{split}"], collator, labels, cfg.task, device)
             metrics.update({f"{split}/{k}": v for k, v in scores.items()})
+        timing["time/eval_s"] += time.perf_counter() - eval_started
         history.append(metrics)
         if progress:
             print(_format_epoch(metrics), flush=True)
         if report is not None:
-            report(dict(metrics), {
+            # with cumulative seconds of loading + tokenising, training steps and evaluation
+            report({**metrics, **timing}, {
                 "epoch": epoch, "history": history, "model": model.state_dict(),
                 "theta_optimizer": theta_opt.state_dict(), "scheduler": scheduler.state_dict(),
                 "phi_optimizer": phi_opt.state_dict() if phi_opt is not None else None,
@@ -254,6 +260,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         "best_epoch": best["epoch"],
         "final": {k: v for k, v in best.items() if k.startswith(("dev/", "test/"))},
         "wall_time_s": round(wall, 3),
+        "timing_s": {k.split("/")[1][:-2]: round(v, 3) for k, v in timing.items()},
         "steps_per_s": round(steps_per_epoch * (cfg.epochs - first_epoch) / wall, 3),
         "device": str(device),
         "torch": torch.__version__,

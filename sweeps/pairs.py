@@ -120,7 +120,8 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
             param_space=search_space(sweep, search, n_layers),
             tune_config=tune.TuneConfig(search_alg=make_searcher(sweep, index),
                                         scheduler=make_scheduler(sweep, epochs),
-                                        num_samples=sweep.trials_per_search),
+                                        num_samples=sweep.trials_per_search,
+                                        reuse_actors=sweep.reuse_actors),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, callbacks=[tracker], verbose=1,
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--reuse-actors", type=lambda v: v.lower() in ("1", "true", "yes"),
+                   metavar="BOOL", help="reuse warm worker processes between trials (default: true)")
     p.add_argument("--data-root")
     p.add_argument("--name")
     return p

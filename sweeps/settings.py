@@ -69,6 +69,7 @@ class SweepConfig:
     grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
     max_failures: int = 1  # retries per trial after an error (Ray Tune FailureConfig)
+    reuse_actors: bool = True  # run trials in warm worker processes (cached encoder and data)
     data_root: str | None = None
     space: dict = field(default_factory=lambda: dict(EMBEDDED_SPACE))
     trial: dict = field(default_factory=lambda: dict(EMBEDDED_TRIAL))
