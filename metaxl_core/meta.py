@@ -3,14 +3,18 @@ where either lives.
 
 One MetaXL step with source batch S and target batches T1 (train) and T2 (meta):
 
-1. g = d/dθ [CE(S through the RTN) + CE(T1)], keeping the graph (g depends on Φ);
-2. θ' = θ - η g, a virtual SGD step (functional: no parameter is copied or mutated);
-3. Φ gets d CE(T2; θ') / dΦ, the one-step unrolled hypergradient, and steps with its optimizer;
+1. g = d/dθ [CE(S through the RTN) + CE(T1)], keeping the graph (g depends on Φ through S;
+   T1 runs the fastest attention kernels, and its part of the graph is never differentiated);
+2. θ' = θ - η g as fresh leaves (no parameter is copied or mutated) and v = d CE(T2; θ') / dθ',
+   a first-order pass;
+3. Φ gets -η (dg/dΦ)ᵀ v = d CE(T2; θ') / dΦ, the one-step unrolled hypergradient, by one
+   backward through g's graph, and steps with its optimizer;
 4. θ steps with its own optimizer on g itself: the source batch is not run a second time.
 
 `hypergradient="truncated"` makes the virtual step only over the parameters computed after
 the RTN (upper layers and head); the layers below keep θ. This is an approximation of the
-exact hypergradient that skips the second-order pass through the lower layers.
+exact hypergradient: only the layers above the RTN are differentiated twice, and g below it
+comes from a first-order backward of the hidden states at the RTN site.
 """
 
 from __future__ import annotations
@@ -38,29 +42,51 @@ def hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict, virtual_
     """
     theta, phi = model.theta(), model.phi()
     names = list(theta)
-    with second_order_attention():
-        loss_source = model.loss(source, use_rtn=True)
-        loss_t1 = model.loss(t1)
-        train_loss = loss_source + loss_t1
-        _check_finite(train_loss, "train loss")
-        grads = torch.autograd.grad(train_loss, [theta[n] for n in names],
-                                    create_graph=True, allow_unused=True)
-        g = dict(zip(names, grads))
-        virtual = set(model.theta_above_rtn()) if truncated else set(names)
-        theta_prime = {
-            n: theta[n] - virtual_lr * g[n] if n in virtual and g[n] is not None else theta[n].detach()
-            for n in names
-        }
-        meta_logits = functional_call(model, theta_prime, (t2["input_ids"], t2["attention_mask"]))
-        meta_loss = cross_entropy(meta_logits, t2["labels"])
-        _check_finite(meta_loss, "meta loss")
-        phi_grads = torch.autograd.grad(meta_loss, list(phi.values()), allow_unused=True)
+    virtual = model.theta_above_rtn() if truncated else names  # the virtually stepped θ
+    below = [n for n in names if n not in set(virtual)]
+    hidden = []  # hidden states at the RTN site (after the RTN for S): where truncation cuts
+    handle = model.rtn_site().register_forward_hook(
+        lambda module, inputs, out: hidden.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        loss_t1 = model.loss(t1)  # fastest kernels: g(T1) does not depend on Φ, so the
+        with second_order_attention():  # Φ-gradient never runs its double backward
+            loss_source = model.loss(source, use_rtn=True)
+    finally:
+        handle.remove()
+    train_loss = loss_source + loss_t1
+    _check_finite(train_loss, "train loss")
+    # g with the graph that makes it a function of Φ, for the θ stepped virtually; the θ
+    # below the cut get a first-order backward from the hidden states' gradients.
+    grads = torch.autograd.grad(train_loss, [theta[n] for n in virtual] + (hidden if below else []),
+                                create_graph=True, allow_unused=True)
+    g_graph = dict(zip(virtual, grads))
+    if below:
+        d_hidden = [d.detach() for d in grads[len(virtual):]]
+        g_graph.update(zip(below, torch.autograd.grad(hidden, [theta[n] for n in below], d_hidden,
+                                                      retain_graph=True, allow_unused=True)))
+    g = {n: None if g_graph[n] is None else g_graph[n].detach() for n in names}
+
+    # θ' = θ - η g as fresh leaves: L_meta(θ') is first order (fastest kernels), and its
+    # gradient v is pulled back through g alone: dL_meta/dΦ = -η (dg/dΦ)ᵀ v.
+    stepped = [n for n in virtual if g_graph[n] is not None and g_graph[n].requires_grad]
+    with torch.no_grad():
+        theta_prime = {n: theta[n] - virtual_lr * g[n] if n in virtual and g[n] is not None
+                       else theta[n].detach() for n in names}
+    for n in stepped:
+        theta_prime[n].requires_grad_()
+    meta_logits = functional_call(model, theta_prime, (t2["input_ids"], t2["attention_mask"]))
+    meta_loss = cross_entropy(meta_logits, t2["labels"])
+    _check_finite(meta_loss, "meta loss")
+    v = torch.autograd.grad(meta_loss, [theta_prime[n] for n in stepped], allow_unused=True)
+    del theta_prime, meta_logits
+    pairs = [(g_graph[n], v_n) for n, v_n in zip(stepped, v) if v_n is not None]
+    phi_grads = torch.autograd.grad([g_n for g_n, _ in pairs], list(phi.values()),
+                                    [v_n for _, v_n in pairs], allow_unused=True)
     losses = {"loss_source": loss_source.item(), "loss_target": loss_t1.item(),
               "loss_meta": meta_loss.item()}
-    detached = {n: None if grad is None else grad.detach() for n, grad in g.items()}
-    phi_grads = {n: torch.zeros_like(p) if grad is None else grad
+    phi_grads = {n: torch.zeros_like(p) if grad is None else -virtual_lr * grad
                  for (n, p), grad in zip(phi.items(), phi_grads)}
-    return detached, phi_grads, losses
+    return g, phi_grads, losses
 
 
 def metaxl_step(model: MetaXLModel, theta_optimizer, phi_optimizer, source: dict, t1: dict,
