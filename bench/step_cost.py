@@ -61,7 +61,7 @@ CONFIGS = {  # layers, hidden, heads, intermediate, vocab; default repeats after
     "xlmr-base": dict(layers=12, hidden=768, heads=12, intermediate=3072, vocab=250002, repeats=2,
                       timed_layers="middle"),  # about a minute per round: `--layers all` for more
 }
-VARIANTS = ("joint", "metaxl", "truncated", "reference")
+VARIANTS = ("joint", "metaxl", "truncated", "finite_difference", "reference")
 SEQ_LEN, LABELS, RTN_WIDTH = 48, 7, 192
 N_SOURCE, N_T1, N_T2 = 10, 5, 5
 VIRTUAL_LR, LR, MAX_GRAD_NORM = 1e-4, 2e-5, 1.0
@@ -137,9 +137,9 @@ def reference_step(model: MetaXLModel, theta_opt, phi_opt, source: dict, t1: dic
 def run_variant(variant: str, model, theta_opt, phi_opt, data: dict) -> None:
     if variant == "joint":
         plain_step(model, theta_opt, [data["source"], data["target"]], MAX_GRAD_NORM)
-    elif variant in ("metaxl", "truncated"):
+    elif variant in ("metaxl", "truncated", "finite_difference"):
         metaxl_step(model, theta_opt, phi_opt, data["source"], data["t1"], data["t2"],
-                    virtual_lr=VIRTUAL_LR, truncated=variant == "truncated",
+                    virtual_lr=VIRTUAL_LR, mode="exact" if variant == "metaxl" else variant,
                     max_grad_norm=MAX_GRAD_NORM)
     elif variant == "reference":
         reference_step(model, theta_opt, phi_opt, data["source"], data["t1"], data["t2"],

@@ -16,7 +16,7 @@ import yaml
 from metaxl_core.errors import ConfigError
 
 METHODS = ("metaxl", "joint", "target_only", "source_only")
-HYPERGRADIENTS = ("exact", "truncated")
+HYPERGRADIENTS = ("exact", "truncated", "finite_difference")
 TASKS = ("ner", "sentiment")
 
 
@@ -44,7 +44,9 @@ class TrialConfig:
 
     # --- method ---
     method: str = "metaxl"
-    hypergradient: str = "exact"  # "truncated": virtual step only above the RTN (approximation)
+    # "exact" (second order); "truncated": virtual step only above the RTN; "finite_difference":
+    # first-order DARTS-style estimate (both approximations, cheaper; see metaxl_core.meta)
+    hypergradient: str = "exact"
     rtn_layer: int | None = None  # 0 = embedding output, L = last layer; None = L
     rtn_width: int = 192  # bottleneck width b of the RTN (d -> b -> d)
     meta_fraction: float = 0.5  # share of each target batch used for the meta loss (T2)

@@ -89,10 +89,62 @@ def hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict, virtual_
     return g, phi_grads, losses
 
 
+def finite_difference_hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict,
+                                    virtual_lr: float, epsilon: float = 0.01
+                                    ) -> tuple[dict, dict, dict]:
+    """First-order approximation of `hypergradient` (DARTS-style): no second-order graph.
+
+    The exact hypergradient is -η (d²L_S / dΦ dθ) v with v = dL_meta/dθ' at θ' = θ - η g; here
+    the mixed second derivative times v is a central difference of two first-order Φ
+    gradients of the source loss, at θ ± r v with r = epsilon / |v|. Error O(r²); costs two
+    extra first-order passes over the source batch instead of a double backward, and every
+    pass can use the fused attention kernels. Same return values as `hypergradient`.
+    """
+    theta, phi = model.theta(), model.phi()
+    names = list(theta)
+    loss_t1 = model.loss(t1)
+    loss_source = model.loss(source, use_rtn=True)
+    train_loss = loss_source + loss_t1
+    _check_finite(train_loss, "train loss")
+    grads = torch.autograd.grad(train_loss, [theta[n] for n in names], allow_unused=True)
+    g = {n: None if grad is None else grad.detach() for n, grad in zip(names, grads)}
+    stepped = [n for n in names if g[n] is not None]
+    theta_prime = {n: theta[n].detach() for n in names}
+    for n in stepped:
+        theta_prime[n] = (theta_prime[n] - virtual_lr * g[n]).requires_grad_()
+    meta_logits = functional_call(model, theta_prime, (t2["input_ids"], t2["attention_mask"]))
+    meta_loss = cross_entropy(meta_logits, t2["labels"])
+    _check_finite(meta_loss, "meta loss")
+    v = torch.autograd.grad(meta_loss, [theta_prime[n] for n in stepped], allow_unused=True)
+    v = {n: torch.zeros_like(g[n]) if v_n is None else v_n for n, v_n in zip(stepped, v)}
+    radius = epsilon / torch.sqrt(sum((v_n ** 2).sum() for v_n in v.values())).clamp(min=1e-12)
+    phi_at = []
+    for sign in (1.0, -1.0):
+        shifted = {n: theta[n].detach() + sign * radius * v[n] if n in v else theta[n].detach()
+                   for n in names}
+        logits = functional_call(model, shifted, (source["input_ids"], source["attention_mask"]),
+                                 {"use_rtn": True})
+        phi_at.append(torch.autograd.grad(cross_entropy(logits, source["labels"]),
+                                          list(phi.values()), allow_unused=True))
+    phi_grads = {n: torch.zeros_like(p) if plus is None else
+                 -virtual_lr * (plus - minus) / (2 * radius)
+                 for (n, p), plus, minus in zip(phi.items(), *phi_at)}
+    losses = {"loss_source": loss_source.item(), "loss_target": loss_t1.item(),
+              "loss_meta": meta_loss.item()}
+    return g, phi_grads, losses
+
+
 def metaxl_step(model: MetaXLModel, theta_optimizer, phi_optimizer, source: dict, t1: dict,
-                t2: dict, *, virtual_lr: float, truncated: bool, max_grad_norm: float) -> dict:
-    """One MetaXL step: update Φ with the hypergradient and θ with g. Returns the losses."""
-    g, phi_grads, losses = hypergradient(model, source, t1, t2, virtual_lr, truncated)
+                t2: dict, *, virtual_lr: float, mode: str, max_grad_norm: float) -> dict:
+    """One MetaXL step: update Φ with the hypergradient and θ with g. Returns the losses.
+
+    `mode`: "exact", "truncated" (see `hypergradient`) or "finite_difference" (see
+    `finite_difference_hypergradient`)."""
+    if mode == "finite_difference":
+        g, phi_grads, losses = finite_difference_hypergradient(model, source, t1, t2, virtual_lr)
+    else:
+        g, phi_grads, losses = hypergradient(model, source, t1, t2, virtual_lr,
+                                             truncated=mode == "truncated")
     for name, param in model.phi().items():
         param.grad = phi_grads[name]
     phi_optimizer.step()

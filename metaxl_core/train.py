@@ -216,7 +216,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                 t2 = _to(collator(target[cfg.batch_size - n_meta:]), device)
                 step = metaxl_step(model, theta_opt, phi_opt, batch, t1, t2,
                                    virtual_lr=cfg.virtual_lr or cfg.lr,
-                                   truncated=cfg.hypergradient == "truncated",
+                                   mode=cfg.hypergradient,
                                    max_grad_norm=cfg.max_grad_norm)
             elif cfg.method == "joint":
                 target = _to(collator(next(target_batches)), device)

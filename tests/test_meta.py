@@ -7,7 +7,8 @@ import torch
 from torch.func import functional_call
 from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
 
-from metaxl_core.meta import hypergradient, metaxl_step, plain_step
+from metaxl_core.meta import (finite_difference_hypergradient, hypergradient, metaxl_step,
+                             plain_step)
 from metaxl_core.model import MetaXLModel, cross_entropy
 
 VOCAB, LABELS, LAYERS = 40, 3, 2
@@ -119,7 +120,7 @@ def test_theta_update_is_adamw_on_g_without_a_second_source_pass():
         return original_loss(b, use_rtn=use_rtn)
 
     model.loss = counting_loss
-    metaxl_step(model, theta_opt, phi_opt, source, t1, t2, virtual_lr=1e-3, truncated=False,
+    metaxl_step(model, theta_opt, phi_opt, source, t1, t2, virtual_lr=1e-3, mode="exact",
                 max_grad_norm=0.0)
     assert calls["source"] == 1, "the source batch must run forward exactly once per step"
 
@@ -166,3 +167,20 @@ def test_rtn_starts_near_identity():
     model = MetaXLModel(tiny_encoder("bert"), LABELS, "ner", 1, rtn_width=8).eval()
     hidden = torch.randn(2, 5, 16)
     assert torch.allclose(model.rtn(hidden), hidden, atol=0.1 * hidden.abs().max().item())
+
+
+@pytest.mark.parametrize("rtn_layer", [0, 1, LAYERS])
+def test_finite_difference_hypergradient_approximates_the_exact_one(rtn_layer):
+    model = make_model("xlmr", rtn_layer)
+    gen = torch.Generator().manual_seed(6)
+    source, t1, t2 = batch(gen, 3, 7), batch(gen, 2, 6), batch(gen, 2, 5)
+    g_exact, exact, _ = hypergradient(model, source, t1, t2, 0.5)
+    g_fd, approx, _ = finite_difference_hypergradient(model, source, t1, t2, 0.5, epsilon=1e-5)
+    for name in exact:
+        torch.testing.assert_close(approx[name], exact[name], rtol=1e-5, atol=1e-9)
+    for name in g_exact:  # the θ update uses the same g
+        if g_exact[name] is not None:
+            torch.testing.assert_close(g_fd[name], g_exact[name], rtol=1e-10, atol=1e-12)
+    coarse = finite_difference_hypergradient(model, source, t1, t2, 0.5, epsilon=1.0)[1]
+    assert any(not torch.allclose(coarse[n], exact[n], rtol=1e-5) for n in exact), \
+        "a coarse difference must be visibly approximate (the test can fail)"
