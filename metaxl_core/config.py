@@ -48,6 +48,7 @@ class TrialConfig:
     # first-order DARTS-style estimate (both approximations, cheaper; see metaxl_core.meta)
     hypergradient: str = "exact"
     rtn_layer: int | None = None  # 0 = embedding output, L = last layer; None = L
+    rtn_layers: str | None = None  # several RTNs, e.g. "0,6,12": one per layer, one pass; replaces rtn_layer
     rtn_width: int = 192  # bottleneck width b of the RTN (d -> b -> d)
     meta_fraction: float = 0.5  # share of each target batch used for the meta loss (T2)
     virtual_lr: float | None = None  # step size of the virtual update; None = current encoder lr
@@ -99,6 +100,13 @@ class TrialConfig:
             _check(self.target_dev_size > 0, "target_dev_size", "must be > 0 or null")
         if self.rtn_layer is not None:
             _check(self.rtn_layer >= 0, "rtn_layer", f"must be >= 0, got {self.rtn_layer}")
+        if self.rtn_layers is not None:
+            _check(self.rtn_layer is None, "rtn_layers", "replaces rtn_layer: set only one of them")
+            parts = self.rtn_layers.split(",")
+            _check(all(p.strip().isdigit() for p in parts), "rtn_layers",
+                   f"must be comma-separated layer numbers like '0,6,12', got {self.rtn_layers!r}")
+            _check(len(set(map(int, parts))) == len(parts), "rtn_layers",
+                   f"lists a layer twice: {self.rtn_layers!r}")
         for name in ("lr", "meta_lr", "weight_decay", "max_grad_norm"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, name, f"must be >= 0, got {value}")
@@ -140,6 +148,17 @@ class TrialConfig:
         values = dict(values.get("config", values))  # exported files nest the config
         values.update(overrides or {})
         return cls.from_dict(values, source=str(path))
+
+    def insertion_layers(self, n_layers: int) -> list[int]:
+        """The RTN layers for an encoder of `n_layers` layers; ConfigError if out of range."""
+        if self.rtn_layers is not None:
+            layers = sorted(int(p) for p in self.rtn_layers.split(","))
+        else:
+            layers = [n_layers if self.rtn_layer is None else self.rtn_layer]
+        _check(all(k <= n_layers for k in layers), "rtn_layers" if self.rtn_layers else "rtn_layer",
+               f"must be in 0..{n_layers} for encoder {self.encoder!r} ({n_layers} layers), "
+               f"got {self.rtn_layers or layers[0]}")
+        return layers
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -7,10 +7,14 @@ unchanged under `torch.func.functional_call`. The hook transforms only when the 
 for it (`use_rtn=True`, source batches in training); evaluation never does.
 
     model = MetaXLModel(encoder, num_labels=7, task="ner", rtn_layer=12, rtn_width=192)
+    model = MetaXLModel(encoder, num_labels=7, task="ner", rtn_layer=[0, 12], rtn_width=192)
     logits = model(input_ids, attention_mask, use_rtn=True)   # (batch, seq, labels)
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -58,47 +62,53 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
 
 
 class MetaXLModel(nn.Module):
-    """Encoder + optional RTN after layer `rtn_layer` + a token or sequence classification head.
+    """Encoder + RTNs after the given layers + a token or sequence classification head.
 
     Args:
         encoder: a base encoder loaded with AutoModel (BERT and XLM-R families tested).
         num_labels: size of the label set.
         task: "ner" (a label per token) or "sentiment" (a label per sequence, mean-pooled).
-        rtn_layer: k in 0..L; 0 transforms the embedding output, L the last layer's output.
-        rtn_width: bottleneck width of the RTN; None builds no RTN (baselines, export).
+        rtn_layer: k in 0..L (0 transforms the embedding output, L the last layer's output),
+            or several layers: one RTN each, applied in the same forward pass, lowest first.
+        rtn_width: bottleneck width of each RTN; None builds none (baselines, export).
     """
 
-    def __init__(self, encoder: nn.Module, num_labels: int, task: str, rtn_layer: int,
-                 rtn_width: int | None):
+    def __init__(self, encoder: nn.Module, num_labels: int, task: str,
+                 rtn_layer: int | Sequence[int], rtn_width: int | None):
         super().__init__()
         n_layers = encoder.config.num_hidden_layers
-        if not 0 <= rtn_layer <= n_layers:
-            raise ValueError(f"rtn_layer must be in 0..{n_layers}, got {rtn_layer}")
+        layers = sorted({rtn_layer} if isinstance(rtn_layer, int) else set(rtn_layer))
+        if not layers or not all(0 <= k <= n_layers for k in layers):
+            raise ValueError(f"RTN layers must be in 0..{n_layers}, got {rtn_layer}")
         self.encoder = encoder
         self.task = task
-        self.rtn_layer = rtn_layer
+        self.rtn_layers = tuple(layers)
+        self.rtn_layer = layers[0]  # the lowest: nothing below it sees an RTN
         hidden = encoder.config.hidden_size
         self.dropout = nn.Dropout(getattr(encoder.config, "hidden_dropout_prob", 0.1))
         self.classifier = nn.Linear(hidden, num_labels)
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
-        self.rtn = RTN(hidden, rtn_width) if rtn_width else None
+        self.rtn = nn.ModuleDict({str(k): RTN(hidden, rtn_width) for k in layers}) \
+            if rtn_width else None
         self._rtn_active = False
         if self.rtn is not None:
-            self.rtn_site().register_forward_hook(self._apply_rtn)
+            for k in layers:
+                self.rtn_site(k).register_forward_hook(functools.partial(self._apply_rtn, str(k)))
 
-    def rtn_site(self) -> nn.Module:
-        """The module whose output the RTN transforms."""
-        if self.rtn_layer == 0:
+    def rtn_site(self, layer: int | None = None) -> nn.Module:
+        """The module whose output the RTN of `layer` (default: the lowest) transforms."""
+        layer = self.rtn_layer if layer is None else layer
+        if layer == 0:
             return self.encoder.embeddings
-        return encoder_layers(self.encoder)[self.rtn_layer - 1]
+        return encoder_layers(self.encoder)[layer - 1]
 
-    def _apply_rtn(self, module, inputs, output):
+    def _apply_rtn(self, key: str, module, inputs, output):
         if not self._rtn_active:
             return output
         if isinstance(output, tuple):  # older transformers layers return (hidden, ...)
-            return (self.rtn(output[0]),) + output[1:]
-        return self.rtn(output)
+            return (self.rtn[key](output[0]),) + output[1:]
+        return self.rtn[key](output)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 use_rtn: bool = False) -> torch.Tensor:
@@ -127,7 +137,7 @@ class MetaXLModel(nn.Module):
         return {n: p for n, p in self.named_parameters() if n.startswith(RTN_PREFIX)}
 
     def theta_above_rtn(self) -> list[str]:
-        """Names of θ parameters computed after the RTN (layers k+1..L and the head)."""
+        """Names of θ parameters computed after the (lowest) RTN: layers k+1..L and the head."""
         layers = encoder_layers(self.encoder)
         above = {id(p) for layer in list(layers)[self.rtn_layer:] for p in layer.parameters()}
         above |= {id(p) for p in self.classifier.parameters()}

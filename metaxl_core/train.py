@@ -156,11 +156,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     random.seed(cfg.seed)
 
     base_encoder, tokenizer = _cached_encoder(cfg.encoder, cfg.seed)
-    n_layers = base_encoder.config.num_hidden_layers
-    rtn_layer = n_layers if cfg.rtn_layer is None else cfg.rtn_layer
-    if rtn_layer > n_layers:
-        raise ConfigError(f"rtn_layer: must be in 0..{n_layers} for encoder {cfg.encoder!r} "
-                          f"({n_layers} layers), got {rtn_layer}")
+    rtn_layers = cfg.insertion_layers(base_encoder.config.num_hidden_layers)
     task_data, splits = _cached_data(_data_config(cfg), tokenizer)
     labels = task_data.labels
     encoder = copy.deepcopy(base_encoder)
@@ -170,7 +166,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         splits = {name: dataclasses.replace(s, features=_remap(s.features, id_map))
                   for name, s in splits.items()}
     torch.manual_seed(cfg.seed)
-    model = MetaXLModel(encoder, len(labels), cfg.task, rtn_layer,
+    model = MetaXLModel(encoder, len(labels), cfg.task, rtn_layers,
                         cfg.rtn_width if cfg.method == "metaxl" else None).to(device)
     model.train()
     collator = data_lib.make_collator(tokenizer, cfg.task)
@@ -250,7 +246,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     wall = time.perf_counter() - started
     results = {
         "config": cfg.to_dict(),
-        "rtn_layer": rtn_layer,
+        "rtn_layers": rtn_layers,
         "labels": labels,
         "data": {**task_data.notes, **{
             f"{name}_size": len(s.features) for name, s in splits.items()},

@@ -52,6 +52,8 @@ def search_space(sweep: SweepConfig, search: dict, n_layers: int) -> dict:
     if "rtn_layer" in search["dimensions"]:
         low, high = dims["rtn_layer"]
         space["rtn_layer"] = tune.randint(low, min(n_layers if high is None else high, n_layers) + 1)
+    if "rtn_layers" in search["dimensions"]:
+        space["rtn_layers"] = tune.choice(dims["rtn_layers"])
     if "lr" in search["dimensions"]:
         space["lr"] = tune.loguniform(*dims["lr"])
     if "meta_lr" in search["dimensions"]:
@@ -315,8 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp = summary_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, summary_path)
-    print(f"\n{len(failed)} failed trial(s); summary: {summary_path}; MLflow: {uri}; "
-          f"{summary['wall_time_s']:.0f} s")
+    trials = [t for o in outcomes for t in o["trials"]]
+    epochs = sweep.base_trial(sweep.targets[0], sweep.methods[0]).epochs
+    stopped = sum(1 for t in trials if not t["error"] and t.get("epochs_run", epochs) < epochs)
+    print(f"\n{len(trials)} trials: {len(trials) - stopped - len(failed)} ran all {epochs} epochs, "
+          f"{stopped} stopped early by ASHA, {len(failed)} failed. {summary['wall_time_s']:.0f} s")
+    print(f"summary: {summary_path}\nMLflow: {uri}")
     if errors:
         print(f"error: MLflow logging failed and was not recovered: {errors}", file=sys.stderr)
     if failed:

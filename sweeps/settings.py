@@ -24,12 +24,13 @@ from metaxl_core.config import METHODS, TASKS, TrialConfig, load_yaml_mapping
 from metaxl_core.errors import ConfigError
 
 # Searched dimensions and the methods that have them.
-DIMENSIONS = {"rtn_width": ("metaxl",), "rtn_layer": ("metaxl",), "lr": METHODS,
-              "meta_lr": ("metaxl",)}
+DIMENSIONS = {"rtn_width": ("metaxl",), "rtn_layer": ("metaxl",), "rtn_layers": ("metaxl",),
+              "lr": METHODS, "meta_lr": ("metaxl",)}
 
 DEFAULT_SPACE = {
     "rtn_width": [64, 128, 192, 384, 768],  # a categorical choice
     "rtn_layer": [0, None],  # integer bounds; None = the encoder's last layer
+    # or, instead of rtn_layer, insertion sets: "rtn_layers": ["12", "0,12", "6,12"]
     "lr": [1e-5, 1e-4],  # log-uniform bounds
     "meta_lr": [1e-7, 1e-3],  # log-uniform bounds
 }
@@ -123,6 +124,13 @@ class SweepConfig:
                                            isinstance(layers[1], int) and layers[1] >= layers[0]))):
             raise ConfigError(f"space.rtn_layer: must be [low, high] integers (high may be null "
                               f"for the last layer), got {layers!r}")
+        if "rtn_layer" in self.space and "rtn_layers" in self.space:
+            raise ConfigError("space: search rtn_layer (one RTN) or rtn_layers (insertion sets "
+                              "such as '0,12'), not both")
+        for layers in self.space.get("rtn_layers", []):
+            if not (isinstance(layers, str) and all(p.strip().isdigit() for p in layers.split(","))):
+                raise ConfigError(f"space.rtn_layers: each choice must be a string of layer "
+                                  f"numbers like '0,12', got {layers!r}")
         widths = self.space.get("rtn_width")
         if widths is not None and not all(isinstance(w, int) and w > 0 for w in widths):
             raise ConfigError(f"space.rtn_width: must be positive integers, got {widths!r}")

@@ -60,7 +60,9 @@ def meta_loss_after_virtual_step(model, source, t1, t2, eta, truncated=False) ->
 
 
 CASES = [(family, k, truncated, "ner") for family in ("bert", "xlmr") for k in (0, LAYERS)
-         for truncated in (False, True)] + [("bert", k, False, "sentiment") for k in (0, LAYERS)]
+         for truncated in (False, True)] + [("bert", k, False, "sentiment") for k in (0, LAYERS)] \
+    + [("bert", layers, truncated, "ner") for layers in ((0, LAYERS), (1, LAYERS))
+       for truncated in (False, True)]  # several RTNs in one pass
 
 
 @pytest.mark.parametrize("family,rtn_layer,truncated,task", CASES)
@@ -166,7 +168,7 @@ def test_rtn_starts_near_identity():
     torch.manual_seed(0)
     model = MetaXLModel(tiny_encoder("bert"), LABELS, "ner", 1, rtn_width=8).eval()
     hidden = torch.randn(2, 5, 16)
-    assert torch.allclose(model.rtn(hidden), hidden, atol=0.1 * hidden.abs().max().item())
+    assert torch.allclose(model.rtn["1"](hidden), hidden, atol=0.1 * hidden.abs().max().item())
 
 
 @pytest.mark.parametrize("rtn_layer", [0, 1, LAYERS])
@@ -184,3 +186,17 @@ def test_finite_difference_hypergradient_approximates_the_exact_one(rtn_layer):
     coarse = finite_difference_hypergradient(model, source, t1, t2, 0.5, epsilon=1.0)[1]
     assert any(not torch.allclose(coarse[n], exact[n], rtol=1e-5) for n in exact), \
         "a coarse difference must be visibly approximate (the test can fail)"
+
+
+def test_several_rtns_each_transform_their_own_layer():
+    model = make_model("bert", rtn_layer=(0, LAYERS)).eval()
+    assert sorted(model.rtn) == ["0", str(LAYERS)] and model.rtn_layer == 0
+    b = batch(torch.Generator().manual_seed(7), 3, 7)
+    with torch.no_grad():
+        plain = model(b["input_ids"], b["attention_mask"])
+        both = model(b["input_ids"], b["attention_mask"], use_rtn=True)
+        model.rtn[str(LAYERS)].gate.bias.fill_(-1e4)  # the top RTN becomes the identity
+        model.rtn[str(LAYERS)].gate.weight.zero_()
+        bottom_only = model(b["input_ids"], b["attention_mask"], use_rtn=True)
+    assert not torch.allclose(both, bottom_only) and not torch.allclose(bottom_only, plain)
+    assert torch.equal(plain, model(b["input_ids"], b["attention_mask"]))

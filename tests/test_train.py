@@ -114,3 +114,12 @@ def test_cli_runs_one_trial_and_writes_results(synth_root, tmp_path):
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "best epoch 1" in proc.stdout and (out / "results.json").exists()
+
+
+def test_several_rtn_layers_train_in_one_trial(synth_root):
+    results = run_trial(config(synth_root, epochs=1, rtn_layers="2,0"))
+    assert results["rtn_layers"] == [0, 2]
+    with pytest.raises(ConfigError, match=r"rtn_layers: must be in 0\.\.2"):
+        run_trial(config(synth_root, rtn_layers="0,5"))
+    with pytest.raises(ConfigError, match="set only one of them"):
+        config(synth_root, rtn_layer=1, rtn_layers="0,2")
