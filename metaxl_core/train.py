@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 from metaxl_core import data as data_lib
 from metaxl_core.config import TrialConfig
 from metaxl_core.encoders import load_encoder, trim_vocabulary
-from metaxl_core.errors import ConfigError, MetaXLError
+from metaxl_core.errors import MetaXLError
 from metaxl_core.meta import metaxl_step, plain_step
 from metaxl_core.metrics import ner_scores, sentiment_scores
 from metaxl_core.model import MetaXLModel
