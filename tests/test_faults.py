@@ -171,6 +171,20 @@ def _start_node(args: list[str], env: dict) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _wait_for_nodes(address: str, count: int, env: dict, timeout: float = 180) -> None:
+    """Block until the cluster has `count` live nodes (a loaded machine registers slowly)."""
+    probe = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                              text=True, timeout=120)
+        if proc.returncode == 0 and proc.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(2)
+    pytest.fail(f"the Ray cluster at {address} did not reach {count} live nodes")
+
+
 def test_two_node_cluster_spreads_trials_and_survives_losing_a_worker(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,12 +197,13 @@ def test_two_node_cluster_spreads_trials_and_survives_losing_a_worker(tmp_path):
     try:
         time.sleep(8)
         nodes.append(_start_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"], env))
-        time.sleep(8)
+        _wait_for_nodes(f"127.0.0.1:{port}", 2, env)
         out = tmp_path / "out"
         driver = subprocess.Popen(
             [sys.executable, "sweeps/pairs.py", "--config",
              write_sweep(tmp_path, name="cluster", trials=4, retries=3, epochs=3),
-             "--address", f"127.0.0.1:{port}", "--output-dir", str(out)],
+             "--address", f"127.0.0.1:{port}", "--output-dir", str(out),
+             "--reuse-actors", "false"],  # a fresh process per trial: tiny trials spread out
             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"})
         deadline = time.time() + 300
