@@ -59,7 +59,7 @@ def meta_loss_after_virtual_step(model, source, t1, t2, eta, truncated=False) ->
     return cross_entropy(logits, t2["labels"]).item()
 
 
-CASES = [(family, k, truncated, "ner") for family in ("bert", "xlmr") for k in (0, LAYERS)
+CASES = [(family, k, truncated, "ner") for family in ("bert", "xlmr") for k in (0, 1, LAYERS)
          for truncated in (False, True)] + [("bert", k, False, "sentiment") for k in (0, LAYERS)] \
     + [("bert", layers, truncated, "ner") for layers in ((0, LAYERS), (1, LAYERS))
        for truncated in (False, True)]  # several RTNs in one pass

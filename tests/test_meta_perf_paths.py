@@ -1,5 +1,5 @@
-"""The fast paths of the hypergradient: the truncated cut at a middle layer, and float32 SDPA
-models, where T1 and the meta batch run the fused attention kernels (no double backward)."""
+"""The fast path of the hypergradient on float32 SDPA models, where T1 and the meta batch run
+the fused attention kernels (no double backward), against the textbook formulation."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from transformers import BertConfig, BertModel
 
 from metaxl_core.meta import hypergradient
 from metaxl_core.model import MetaXLModel, cross_entropy
-from tests.test_meta import LABELS, VOCAB, batch, make_model, meta_loss_after_virtual_step
+from tests.test_meta import LABELS, VOCAB, batch
 
 
 def unrolled_hypergradient(model, source, t1, t2, eta, truncated):
@@ -26,31 +26,6 @@ def unrolled_hypergradient(model, source, t1, t2, eta, truncated):
         logits = functional_call(model, new, (t2["input_ids"], t2["attention_mask"]))
         meta = cross_entropy(logits, t2["labels"])
         return torch.autograd.grad(meta, list(phi.values()))
-
-
-@pytest.mark.parametrize("truncated", [False, True])
-def test_middle_layer_cut_matches_finite_differences(truncated):
-    model = make_model("xlmr", rtn_layer=1)
-    gen = torch.Generator().manual_seed(7)
-    source, t1, t2 = batch(gen, 3, 7), batch(gen, 2, 6), batch(gen, 2, 5)
-    eta, eps = 0.5, 1e-6
-    _, phi_grads, _ = hypergradient(model, source, t1, t2, eta, truncated=truncated)
-    phi = model.phi()
-    d = {n: torch.randn(p.shape, generator=torch.Generator().manual_seed(11), dtype=p.dtype)
-         for n, p in phi.items()}
-    analytic = sum((phi_grads[n] * d[n]).sum() for n in phi).item()
-    values = []
-    for sign in (1, -1):
-        with torch.no_grad():
-            for n, p in phi.items():
-                p.add_(sign * eps * d[n])
-        values.append(meta_loss_after_virtual_step(model, source, t1, t2, eta, truncated))
-        with torch.no_grad():
-            for n, p in phi.items():
-                p.sub_(sign * eps * d[n])
-    numeric = (values[0] - values[1]) / (2 * eps)
-    assert abs(analytic) > 1e-6
-    assert abs(analytic - numeric) / abs(numeric) < 1e-4, (analytic, numeric)
 
 
 @pytest.mark.parametrize("rtn_layer", [0, 1, 2])
