@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -45,6 +46,9 @@ METHOD_TITLES = {"target_only": "target only", "source_only": "source only", "jo
                  "metaxl": "MetaXL exact", "metaxl_trunc": "MetaXL truncated"}
 TASK_ORDER = ["ner", "sentiment"]
 GAIN_METHODS = ["metaxl", "metaxl_trunc"]
+# secondary test metrics shown as extra tables when the runs logged them (final/test/...);
+# binary sentiment's headline `f1` is the positive-class F1, so macro-F1 and accuracy matter
+EXTRA_METRICS = {"sentiment": ["test/macro_f1", "test/acc"]}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -82,6 +86,9 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
                 "grid": tags.get("grid", ""),
                 "dev": float(metrics.get("best/dev_f1", float("nan"))),
                 "test": float(metrics["best/test_f1"]),
+                # other test metrics at the best dev epoch (bench runs log them as final/...)
+                **{k[len("final/"):]: float(v) for k, v in metrics.items()
+                   if k.startswith("final/test/") and k != "final/test/f1"},
             })
         token = page.token
         if not token:
@@ -120,7 +127,7 @@ def build_tables(records: list[dict], split: str = "test") -> dict:
     """{task: [row]}; a row per (target, source) with a cell per method."""
     groups: dict[tuple, dict[str, list[float]]] = {}
     for r in records:
-        if r["grid"]:
+        if r["grid"] or split not in r:
             continue
         groups.setdefault((r["task"], r["target"], r["source"]), {}).setdefault(
             r["method"], []).append(r[split] * 100)
@@ -153,7 +160,10 @@ def row_label(row: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """Rows, an `average` row, the best mean per row in bold; a cell with fewer seeds than the
+    fullest cell of the table says so: `(n=1)`."""
     methods = methods_in(rows)
+    full = max((c["n"] for r in rows for c in r["cells"].values()), default=0)
     gains = [m for m in GAIN_METHODS if any(m in r.get("gains", {}) for r in rows)]
     head = ["target ← source"] + [METHOD_TITLES.get(m, m) for m in methods] + \
         [f"Δ {METHOD_TITLES[m]} − JT" for m in gains]
@@ -164,6 +174,8 @@ def markdown_table(rows: list[dict]) -> str:
         parts = [row.get("label") or row_label(row)]
         for m in methods:
             text = fmt_cell(cells.get(m))
+            if m in cells and cells[m]["values"] and cells[m]["n"] < full:
+                text += f" (n={cells[m]['n']})"
             if m in cells and cells[m]["mean"] == top:
                 text = f"**{text}**"
             parts.append(text)
@@ -270,6 +282,7 @@ def plot_curves(task: str, label: str, data: dict, path: Path) -> None:
         ax.plot(epochs, means, marker="o", label=METHOD_TITLES.get(m, m), color=COLORS.get(m))
         ax.fill_between(epochs, means - stds, means + stds, alpha=0.15, color=COLORS.get(m))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("dev F1 × 100")
     ax.set_title(f"{task} {label}: dev F1 per epoch (mean ± std over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -363,8 +376,13 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
         curve_path = out / f"{task}_curves.png"
         if curve_data:
             plot_curves(task, row_label(pick), curve_data, curve_path)
-        md += [f"## {task}", "", markdown_table(rows), "",
-               "Dev split (the model-selection split), same layout:", "",
+        md += [f"## {task}", "", markdown_table(rows), ""]
+        for extra in EXTRA_METRICS.get(task, []):
+            extra_rows = build_tables(records, extra).get(task)
+            if extra_rows:
+                md += [f"Test {extra.split('/')[-1]} × 100, same layout:", "",
+                       markdown_table(extra_rows), ""]
+        md += ["Dev F1 (the model-selection split) × 100, same layout:", "",
                markdown_table(dev_tables[task]), "",
                f"![{task} bars]({bars.name})", ""]
         if has_heat:

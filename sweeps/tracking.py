@@ -124,7 +124,7 @@ class MLflowTracker(tune.Callback):
             run_id = find_run(self.client, self.experiment_id, trial_id=trial.trial_id)
             if run_id is None:
                 config = {**self.fixed_config, **trial.config}
-                tags = {**self.tags, "role": "trial", "trial_id": trial.trial_id,
+                tags = {"role": "trial", **self.tags, "trial_id": trial.trial_id,
                         "source_lang": config["source"].split(":")[-1] if config.get("source")
                         else "none", "mlflow.parentRunId": self.parent_run_id}
                 run_id = self.client.create_run(

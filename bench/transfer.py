@@ -1,0 +1,322 @@
+"""Cross-lingual transfer benchmark: every (task, target, source, method, seed) of a preset, one
+`run_trial` each, logged to MLflow; resumable; a JSON of every run's final metrics at the end.
+
+    python bench/transfer.py --preset bench/presets/cpu.yaml
+    python bench/transfer.py --preset bench/presets/paper-gpu.yaml --out bench/runs/paper-gpu
+    python bench/transfer.py --preset bench/presets/cpu.yaml --dry-run      # list the runs
+    python sweeps/report.py --mlflow-uri sqlite:///bench/runs/cpu/mlflow.db \\
+        --experiment metaxl-transfer-cpu --out results/
+
+Preset YAML (see bench/presets/cpu.yaml):
+
+    name: metaxl-transfer-cpu          # the MLflow experiment
+    output_dir: bench/runs/cpu         # mlflow.db and results.json go here (--out overrides)
+    seeds: [1, 2, 3]
+    methods: [target_only, source_only, joint, metaxl, metaxl_trunc]
+    trial: {...}                       # TrialConfig fields shared by every run
+    tasks:
+      ner:
+        trial: {...}                   # TrialConfig fields for this task (win over `trial`)
+        targets:                       # target -> its sources
+          ner:masakhaner2:lug: [ner:conll2003:en, ner:masakhaner2:kin]
+
+Methods are TrialConfig methods plus `metaxl_trunc` (method metaxl with
+hypergradient: truncated); `metaxl` is the exact hypergradient. `target_only` is run once per
+(target, source) because the NER label set is the one the target shares with the source (an
+African source keeps DATE, English does not), so every row of the report compares its methods on
+one label set.
+
+Resuming: each run carries the tag `run_key` = task|target|source|method|seed|config-hash (the
+hash of the TrialConfig fields that differ from their defaults, and of the test subset); a run
+whose key is already in the experiment as FINISHED is skipped, so an interrupted benchmark
+continues where it stopped (a changed preset field changes the hash and reruns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from metaxl_core.config import TrialConfig, load_yaml_mapping  # noqa: E402
+from metaxl_core.errors import ConfigError, MetaXLError  # noqa: E402
+
+METHOD_VARIANTS = {
+    "target_only": {"method": "target_only"},
+    "source_only": {"method": "source_only"},
+    "joint": {"method": "joint"},
+    "metaxl": {"method": "metaxl", "hypergradient": "exact"},
+    "metaxl_trunc": {"method": "metaxl", "hypergradient": "truncated"},
+}
+PRESET_KEYS = {"name", "output_dir", "seeds", "methods", "trial", "tasks", "notes", "grid"}
+TASK_KEYS = {"trial", "targets", "test_cap"}
+
+
+def lang(name: str | None) -> str:
+    return name.split(":")[-1] if name else "none"
+
+
+def load_preset(path: str | Path) -> dict:
+    preset = load_yaml_mapping(path)
+    unknown = sorted(set(preset) - PRESET_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown preset key(s) {unknown}; known: {sorted(PRESET_KEYS)}")
+    for key in ("name", "seeds", "methods", "tasks"):
+        if not preset.get(key):
+            raise ConfigError(f"{path}: {key}: required")
+    for method in preset["methods"]:
+        if method not in METHOD_VARIANTS:
+            raise ConfigError(f"{path}: methods: unknown {method!r}; known {list(METHOD_VARIANTS)}")
+    return preset
+
+
+def plan_runs(preset: dict, data_root: str | None = None, out: Path | None = None) -> list[dict]:
+    """Every run of the preset, each config validated here so a bad preset fails before the
+    first trial. Order: the first source of every target (all tasks) before any second source,
+    and within that seed-major (seed 1 of every run, then seed 2, ...), so a benchmark cut short
+    still has whole seeds of the main comparison."""
+    grid = preset.get("grid") or {}
+    grid_points = [{}]
+    for field, values in grid.items():
+        grid_points = [{**point, field: value} for point in grid_points for value in values]
+    runs = []
+    for task, spec in preset["tasks"].items():
+        unknown = sorted(set(spec) - TASK_KEYS)
+        if unknown:
+            raise ConfigError(f"tasks.{task}: unknown key(s) {unknown}; known: {sorted(TASK_KEYS)}")
+        for target, sources in spec["targets"].items():
+            sources = [sources] if isinstance(sources, (str, dict)) else list(sources)
+            index_file = None
+            if spec.get("test_cap"):
+                index_file = test_index_file(task, target, int(spec["test_cap"]),
+                                             data_root or (preset.get("trial") or {}).get(
+                                                 "data_root") or (spec.get("trial") or {}).get(
+                                                 "data_root"), out)
+            for phase, entry in enumerate(sources):
+                source, methods = (entry, preset["methods"]) if isinstance(entry, str) else \
+                    (entry["source"], entry.get("methods", preset["methods"]))
+                for method in methods:
+                    if method not in METHOD_VARIANTS:
+                        raise ConfigError(f"tasks.{task}: unknown method {method!r}")
+                    for point in grid_points:
+                        for seed in preset["seeds"]:
+                            fields = {**(preset.get("trial") or {}), **(spec.get("trial") or {}),
+                                      **point, "task": task, "target": target, "source": source,
+                                      **METHOD_VARIANTS[method], "seed": int(seed)}
+                            if data_root:
+                                fields["data_root"] = data_root
+                            if index_file:
+                                fields["split_index_file"] = str(index_file)
+                            cfg = TrialConfig.from_dict(fields, source=f"preset {task} {target}")
+                            label = ",".join(f"{k}={v}" for k, v in point.items())
+                            runs.append({"task": task, "target": target, "source": source,
+                                         "method": method, "seed": int(seed), "config": cfg,
+                                         "grid": label, "order": (phase, int(seed)),
+                                         "key": run_key(task, target, source, method, int(seed),
+                                                        cfg)})
+    runs.sort(key=lambda r: r["order"])  # stable: task, target, method order within
+    return runs
+
+
+def test_index_file(task: str, target: str, cap: int, data_root, out: Path | None) -> Path:
+    """A split-index file keeping `cap` test examples of `target`, drawn once by a shuffle with
+    the fixed seed 0 (the same subset for every method and seed), kept in file order. Written
+    under <out>/splits/ (content-addressed, so reruns reuse it)."""
+    import random
+
+    from metaxl_core import data as data_lib
+
+    spec = data_lib.DataSpec.parse(target)
+    n = len(data_lib.read_split(spec, "test", data_lib.resolve_data_root(data_root)))
+    if cap >= n:
+        return None
+    positions = sorted(random.Random(0).sample(range(n), cap))
+    folder = (out or Path("bench/runs/tmp")) / "splits"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{target.replace(':', '_')}_test{cap}.json"
+    text = json.dumps({"test": positions})
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path.resolve()
+
+
+def run_key(task, target, source, method, seed, cfg: TrialConfig) -> str:
+    # only fields that differ from TrialConfig's defaults: a field added to TrialConfig later
+    # (with a default) leaves the keys of logged runs valid
+    defaults = TrialConfig().to_dict()
+    fields = {k: v for k, v in cfg.to_dict().items()
+              if k not in ("output_dir", "device", "split_index_file") and v != defaults.get(k)}
+    if cfg.split_index_file:  # the subset, not where the file lives
+        fields["split_index"] = hashlib.sha1(Path(cfg.split_index_file).read_bytes()).hexdigest()
+    digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{task}|{target}|{source}|{method}|{seed}|{digest}"
+
+
+def run_tags(run: dict, preset_name: str) -> dict:
+    cfg = run["config"]
+    return {"role": "bench", "preset": preset_name, "run_key": run["key"], "task": run["task"],
+            "target": run["target"], "target_lang": lang(run["target"]),
+            "source": run["source"] or "none", "source_lang": lang(run["source"]),
+            "method": run["method"], "base_method": cfg.method,
+            "hypergradient": cfg.hypergradient, "seed": str(run["seed"]),
+            "encoder": cfg.encoder, "grid": run["grid"],
+            "test_subset": Path(cfg.split_index_file).name if cfg.split_index_file else "full"}
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", required=True, help="preset YAML (bench/presets/*.yaml)")
+    p.add_argument("--out", help="output folder (default: the preset's output_dir)")
+    p.add_argument("--mlflow-uri", help="tracking URI (default: sqlite:///<out>/mlflow.db)")
+    p.add_argument("--data-root", help="overrides the preset's data_root")
+    p.add_argument("--only", help="run only keys containing this text (e.g. 'ner|ner:masakhaner2:lug')")
+    p.add_argument("--shard", default="0/1", help="I/N: run only runs i with i %% N == I (start N "
+                   "processes on one store to use N cores; each skips what the others logged)")
+    p.add_argument("--threads", type=int, help="torch threads per process (1 is the most robust "
+                   "on a shared CPU)")
+    p.add_argument("--export-only", action="store_true", help="only write results.json")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    args = p.parse_args(argv)
+
+    try:
+        preset = load_preset(args.preset)
+        out = Path(args.out or preset.get("output_dir") or f"bench/runs/{preset['name']}")
+        runs = plan_runs(preset, args.data_root, out)
+    except MetaXLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.only:
+        runs = [r for r in runs if args.only in r["key"]]
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.dry_run:
+        for i, r in enumerate(runs, 1):
+            print(f"{i:4d} {r['key']}")
+        print(f"{len(runs)} runs -> {out}")
+        return 0
+
+    from sweeps.tracking import log_results, open_experiment  # noqa: E402 (heavy imports)
+    from metaxl_core.train import run_trial  # noqa: E402
+
+    out.mkdir(parents=True, exist_ok=True)
+    uri = args.mlflow_uri or f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):  # keep artifacts beside the store, not in ./mlruns
+        from mlflow.tracking import MlflowClient
+        probe = MlflowClient(tracking_uri=uri)
+        if probe.get_experiment_by_name(preset["name"]) is None:
+            probe.create_experiment(preset["name"],
+                                    artifact_location=(out.resolve() / "artifacts").as_uri())
+    client, experiment_id = open_experiment(uri, preset["name"])
+    done = {}
+    for r in client.search_runs([experiment_id], "tags.role = 'bench' and attributes.status = "
+                                "'FINISHED'", max_results=50000):
+        done[r.data.tags.get("run_key")] = r
+    todo = [] if args.export_only else \
+        [r for i, r in enumerate(runs) if r["key"] not in done and i % shards == shard]
+    logged = sum(r["key"] in done for r in runs)
+    print(f"preset {preset['name']}: {len(runs)} runs, {logged} already in MLflow, {len(todo)} to "
+          f"run{f' in shard {shard}/{shards}' if shards > 1 else ''}; tracking {uri} "
+          f"(experiment {experiment_id})", flush=True)
+
+    started = time.time()
+    failures = 0
+    for i, run in enumerate(todo, 1):
+        label = f"{run['method']} {lang(run['source'])}->{lang(run['target'])} seed {run['seed']}"
+        t0 = time.time()
+        if client.search_runs([experiment_id], f"tags.run_key = '{run['key']}' and "
+                              "attributes.status = 'FINISHED'", max_results=1):
+            print(f"[{i}/{len(todo)}] {label}: already logged, skipped", flush=True)
+            continue
+        try:
+            results = run_trial(run["config"])
+        except Exception as err:  # one failing run must not end the benchmark
+            failures += 1
+            print(f"[{i}/{len(todo)}] FAILED {label}: {type(err).__name__}: {err}", flush=True)
+            traceback.print_exc()
+            continue
+        log_results(client, experiment_id, results, run_tags(run, preset["name"]),
+                    run_name=f"{run['method']}-{lang(run['source'])}-{lang(run['target'])}-s{run['seed']}")
+        elapsed = time.time() - started
+        eta = elapsed / i * (len(todo) - i)
+        final = results["final"]
+        print(f"[{i}/{len(todo)}] {label}: dev f1 {final['dev/f1']:.4f} test f1 "
+              f"{final['test/f1']:.4f} (best epoch {results['best_epoch']}, {time.time() - t0:.0f} s)"
+              f"  elapsed {_fmt(elapsed)}  ETA {_fmt(eta)}", flush=True)
+
+    summary = export_results(client, experiment_id, preset, runs, uri)
+    path = out / "results.json"
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    print(f"wrote {path}: {len(summary['runs'])} runs ({failures} failed this time) in "
+          f"{_fmt(time.time() - started)}", flush=True)
+    return 1 if failures else 0
+
+
+def _history(client, run_id: str) -> list[dict]:
+    """dev/test F1 per epoch of one run."""
+    by_epoch: dict[int, dict] = {}
+    for key in ("dev/f1", "test/f1", "train/loss"):
+        for metric in client.get_metric_history(run_id, key):
+            by_epoch.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def export_results(client, experiment_id: str, preset: dict, runs: list[dict], uri: str) -> dict:
+    """Every finished run of the preset with its final metrics, plus mean +- std over seeds."""
+    import statistics
+
+    wanted = {r["key"] for r in runs}
+    records = []
+    for r in client.search_runs([experiment_id], "tags.role = 'bench' and attributes.status = "
+                                "'FINISHED'", max_results=50000):
+        tags = r.data.tags
+        if tags.get("run_key") not in wanted:
+            continue
+        metrics = r.data.metrics
+        records.append({
+            "task": tags["task"], "target": tags["target"], "source": tags["source"],
+            "method": tags["method"], "seed": int(tags["seed"]), "run_id": r.info.run_id,
+            "grid": tags.get("grid", ""), "test_subset": tags.get("test_subset", "full"),
+            "best_epoch": int(metrics.get("best/epoch", 0)),
+            "final": {k[len("final/"):]: v for k, v in sorted(metrics.items())
+                      if k.startswith("final/")},
+            "wall_time_s": metrics.get("wall_time_s"),
+            "history": _history(client, r.info.run_id)})
+    records.sort(key=lambda x: (x["task"], x["target"], x["source"], x["method"], x["grid"],
+                                x["seed"]))
+    groups: dict[tuple, list] = {}
+    for rec in records:
+        groups.setdefault((rec["task"], rec["target"], rec["source"], rec["method"], rec["grid"]),
+                          []).append(rec)
+    aggregate = []
+    for (task, target, source, method, grid), recs in sorted(groups.items()):
+        row = {"task": task, "target": target, "source": source, "method": method,
+               "grid": grid, "n_seeds": len(recs)}
+        for key in ("dev/f1", "test/f1", "test/accuracy"):
+            values = [x["final"][key] for x in recs if key in x["final"]]
+            if values:
+                row[key] = {"mean": statistics.fmean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        aggregate.append(row)
+    return {"preset": preset, "tracking_uri": uri, "experiment_id": experiment_id,
+            "runs": records, "aggregate": aggregate}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    sys.exit(main())

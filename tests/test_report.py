@@ -1,0 +1,179 @@
+"""sweeps/report.py on a hand-made MLflow store: table cells, bold best, gains, plots."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps import report as report_lib
+from sweeps.tracking import log_results
+
+METHODS = ["target_only", "source_only", "joint", "metaxl", "metaxl_trunc"]
+# (task, target, source) -> method -> test F1 per seed (dev F1 = test + 0.01)
+VALUES = {
+    ("ner", "ner:masakhaner2:lug", "ner:conll2003:en"): {
+        "target_only": [0.401, 0.423, 0.389], "source_only": [0.305, 0.312, 0.298],
+        "joint": [0.552, 0.571, 0.560], "metaxl": [0.580, 0.566, 0.591],
+        "metaxl_trunc": [0.549, 0.537, 0.561]},
+    ("ner", "ner:masakhaner2:lug", "ner:masakhaner2:kin"): {
+        "target_only": [0.412, 0.405], "source_only": [0.480, 0.466],
+        "joint": [0.611, 0.602], "metaxl": [0.598, 0.605],
+        "metaxl_trunc": [0.615, 0.630]},
+    ("ner", "ner:masakhaner2:yor", "ner:conll2003:en"): {
+        "target_only": [0.501, 0.512], "source_only": [0.220, 0.241],
+        "joint": [0.530, 0.548], "metaxl": [0.541, 0.522],
+        "metaxl_trunc": [0.526, 0.539]},
+    ("ner", "ner:masakhaner2:yor", "ner:masakhaner2:ibo"): {
+        "target_only": [0.505, 0.509], "source_only": [0.350, 0.362],
+        "joint": [0.570, 0.561], "metaxl": [0.590, 0.602],
+        "metaxl_trunc": [0.577, 0.571]},
+    ("sentiment", "sentiment:afrisenti:swa", "sentiment:afrisenti:hau"): {
+        "target_only": [0.611, 0.634], "source_only": [0.580, 0.566],
+        "joint": [0.652, 0.641], "metaxl": [0.660, 0.671], "metaxl_trunc": [0.645, 0.650]},
+}
+
+
+def _results(task, target, source, method, test_f1, epochs=2):
+    base = "metaxl" if method.startswith("metaxl") else method
+    history = [{"epoch": e, "train/loss": 1.0 / e, "dev/f1": test_f1 + 0.01 - 0.05 * (epochs - e),
+                "test/f1": test_f1 - 0.05 * (epochs - e)} for e in range(1, epochs + 1)]
+    return {"config": {"task": task, "target": target, "source": source, "method": base,
+                       "encoder": "tiny-bert",
+                       "hypergradient": "truncated" if method == "metaxl_trunc" else "exact"},
+            "history": history, "best_epoch": epochs,
+            "final": {"dev/f1": test_f1 + 0.01, "test/f1": test_f1}, "wall_time_s": 1.0}
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return len(data), width, height
+
+
+def _table(md: str, task: str) -> dict[str, list[str]]:
+    """The first markdown table after '## <task>': {row label: cells}."""
+    lines = md.split(f"## {task}\n", 1)[1].splitlines()
+    rows = [line for line in lines[1:] if line.startswith("|")][2:]  # no header, separator
+    table = {}
+    for line in rows[:next(i for i, r in enumerate(rows) if r.startswith("| average"))+1]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0]] = cells[1:]
+    return table
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    """One sqlite store for the module (creating one runs MLflow's migrations: seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def bench_store(store_uri):
+    uri = store_uri
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("bench-test")
+    for (task, target, source), methods in VALUES.items():
+        for method, values in methods.items():
+            for seed, value in enumerate(values, 1):
+                log_results(client, experiment_id, _results(task, target, source, method, value),
+                            {"role": "bench", "method": method, "source": source,
+                             "seed": seed, "hypergradient": "truncated"
+                             if method == "metaxl_trunc" else "exact"})
+    # a failed run is ignored
+    failed = client.create_run(experiment_id, tags={"role": "bench", "method": "joint"})
+    client.set_terminated(failed.info.run_id, "FAILED")
+    return uri
+
+
+def test_bench_report_tables_gains_and_plots(bench_store, tmp_path):
+    out = tmp_path / "report"
+    report_lib.main(["--mlflow-uri", bench_store, "--experiment", "bench-test", "--out", str(out),
+                     "--curve-target", "ner=yor"])
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for task in ("ner", "sentiment"):
+        table = _table(md, task)
+        rows = {(t, s): m for (tk, t, s), m in VALUES.items() if tk == task}
+        assert len(table) == len(rows) + 1  # + average
+        for (target, source), methods in rows.items():
+            label = f"{target.split(':')[-1]} ← {source.split(':')[-1]}"
+            cells = table[label]
+            means = {m: np.mean(np.array(v) * 100) for m, v in methods.items()}
+            best = max(means, key=means.get)
+            full = max(len(v) for (tk, _, _), m in VALUES.items() if tk == task
+                       for v in m.values())
+            for i, method in enumerate(METHODS):
+                values = np.array(methods[method]) * 100
+                expected = f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+                if len(values) < full:  # fewer seeds than the fullest cell: said in the cell
+                    expected += f" (n={len(values)})"
+                assert cells[i].strip("*") == expected, (label, method)
+                assert cells[i].startswith("**") == (method == best), (label, method, cells[i])
+            assert cells[5] == f"{means['metaxl'] - means['joint']:+.1f}"
+            assert cells[6] == f"{means['metaxl_trunc'] - means['joint']:+.1f}"
+        average = table["average"]
+        joint = np.mean([np.mean(np.array(m["joint"]) * 100) for m in rows.values()])
+        assert average[2].strip("*") == f"{joint:.1f}"
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    row = next(r for r in data["tasks"]["ner"]["rows"] if r["source"] == "ner:masakhaner2:ibo")
+    assert row["cells"]["metaxl"]["n"] == 2
+    assert row["gains"]["metaxl"] == pytest.approx(
+        100 * (np.mean(VALUES[("ner", "ner:masakhaner2:yor", "ner:masakhaner2:ibo")]["metaxl"])
+               - np.mean(VALUES[("ner", "ner:masakhaner2:yor", "ner:masakhaner2:ibo")]["joint"])))
+    assert data["tasks"]["ner"]["curves"]["target"] == "ner:masakhaner2:yor"
+    assert data["tasks"]["ner"]["curves"]["dev_f1_by_epoch"]["joint"]["2"] == pytest.approx(
+        [100 * (v + 0.01) for v in VALUES[("ner", "ner:masakhaner2:yor", "ner:conll2003:en")]
+         ["joint"]])
+    for name in ("ner_bars.png", "ner_gain_heatmap.png", "ner_curves.png", "sentiment_bars.png",
+                 "sentiment_curves.png"):
+        size, width, height = _png_size(out / name)
+        assert size > 5_000 and 300 <= width <= 4000 and 200 <= height <= 3000, name
+        assert name in md
+    assert not (out / "sentiment_gain_heatmap.png").exists()  # one source: no heatmap
+
+
+def test_sweep_report_uses_best_trial_by_dev(store_uri, tmp_path):
+    uri = store_uri
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("sweep-test")
+    target, source = "ner:masakhaner2:hau", "ner:conll2003:en"
+    # (method, dev f1, test f1): the best dev trial is used, not the best test one
+    for method, dev, test in [("joint", 0.50, 0.70), ("joint", 0.60, 0.55), ("metaxl", 0.62, 0.58),
+                              ("metaxl", 0.40, 0.90)]:
+        results = _results("ner", target, source, method, test)
+        results["final"]["dev/f1"] = dev
+        log_results(client, experiment_id, results, {"role": "trial"})
+    out = tmp_path / "out"
+    data = report_lib.build_report(uri, "sweep-test", out)
+    row = data["tasks"]["ner"]["rows"][0]
+    assert row["cells"]["joint"]["mean"] == pytest.approx(55.0)
+    assert row["cells"]["metaxl"]["mean"] == pytest.approx(58.0)
+    assert row["gains"]["metaxl"] == pytest.approx(3.0)
+    table = _table((out / "report.md").read_text(encoding="utf-8"), "ner")
+    assert table["hau ← en"][:2] == ["55.0", "**58.0**"]
+    assert table["hau ← en"][2] == "+3.0"
+
+
+def test_sensitivity_grid_runs(store_uri, tmp_path):
+    uri = store_uri
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("grid-test")
+    for grid, devs in [("meta_lr=1e-05", [0.5, 0.52]), ("meta_lr=0.001", [0.4, 0.46])]:
+        for seed, dev in enumerate(devs, 1):
+            results = _results("ner", "ner:masakhaner2:lug", "ner:conll2003:en", "metaxl", dev)
+            results["final"]["dev/f1"] = dev
+            log_results(client, experiment_id, results,
+                        {"role": "bench", "grid": grid, "seed": seed})
+    out = tmp_path / "out"
+    data = report_lib.build_report(uri, "grid-test", out)
+    assert data["tasks"] == {}
+    grid = data["sensitivity"]["ner"][0]["dev"]
+    assert list(grid) == ["meta_lr=1e-05", "meta_lr=0.001"]  # numeric order
+    assert grid["meta_lr=0.001"]["mean"] == pytest.approx(43.0)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert f"51.0 ± {np.std([50, 52], ddof=1):.1f}" in md
+    assert _png_size(out / "ner_sensitivity.png")[0] > 5_000
