@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -129,7 +130,39 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    grid = tuner.fit()
+    outcomes = _outcomes(tuner.fit(), fixed)
+    repeats = []
+    finished = [o for o in outcomes if "dev_f1" in o]
+    if sweep.seeds_per_config > 1 and finished:
+        best = max(finished, key=lambda o: (o["dev_f1"], str(o["trial_id"])))
+        seed = best["config"]["seed"]
+        repeat_tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
+            **tracker.tags, "role": "seed_repeat", "repeats_trial": str(best["trial_id"])},
+            fixed, epochs, os.path.join(path + "_seeds", "mlflow-errors.json"))
+        if resume and tune.Tuner.can_restore(path + "_seeds"):
+            repeat_tuner = tune.Tuner.restore(path + "_seeds", runnable, resume_unfinished=True,
+                                              restart_errored=True)
+        else:
+            repeat_tuner = tune.Tuner(runnable, param_space={
+                **best["config"],
+                "seed": tune.grid_search([seed + i for i in range(1, sweep.seeds_per_config)])},
+                tune_config=tune.TuneConfig(reuse_actors=sweep.reuse_actors),
+                run_config=tune.RunConfig(name=name + "_seeds", storage_path=storage, verbose=1,
+                                          callbacks=[repeat_tracker],
+                                          failure_config=tune.FailureConfig(
+                                              max_failures=sweep.max_failures)))
+        repeats = [best] + _outcomes(repeat_tuner.fit(), fixed)
+    try:
+        with open(error_file, encoding="utf-8") as handle:
+            unlogged = json.load(handle)
+    except FileNotFoundError:
+        unlogged = [f"the MLflow tracker of {name} did not finish"]
+    return {"search": search, "name": name, "trials": outcomes, "seed_repeats": repeats,
+            "mlflow_errors": unlogged}
+
+
+def _outcomes(grid, fixed: dict) -> list[dict]:
+    """Per trial of a finished Tune run: config, error, best dev F1 and its test F1."""
     outcomes = []
     for result in grid:
         history = result.metrics_dataframe
@@ -140,12 +173,7 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
             row.update({"dev_f1": float(best[METRIC]), "test_f1": float(best["test/f1"]),
                         "epochs_run": int(history["epoch"].max())})
         outcomes.append(row)
-    try:
-        with open(error_file, encoding="utf-8") as handle:
-            unlogged = json.load(handle)
-    except FileNotFoundError:
-        unlogged = [f"the MLflow tracker of {name} did not finish"]
-    return {"search": search, "name": name, "trials": outcomes, "mlflow_errors": unlogged}
+    return outcomes
 
 
 # ---------------------------------------------------------------------------- driver
@@ -189,7 +217,11 @@ def check_resources(sweep: SweepConfig, address: str | None) -> None:
 
 
 def summarise(sweep: SweepConfig, outcomes: list[dict]) -> list[dict]:
-    """Per target: best method and source by dev F1, its test F1, metaxl's gain over joint."""
+    """Per target: best method and source by dev F1, its test F1 (mean ± std over seeds when
+    seeds_per_config > 1), metaxl's gain over joint."""
+    repeats = {o["seed_repeats"][0]["trial_id"]: [r["test_f1"] for r in o["seed_repeats"]
+                                                  if "test_f1" in r]
+               for o in outcomes if o["seed_repeats"]}
     rows = []
     for target in sweep.targets:
         best_by_method = {}
@@ -207,30 +239,39 @@ def summarise(sweep: SweepConfig, outcomes: list[dict]) -> list[dict]:
             rows.append({"target": target, "best_method": None})
             continue
         method, (_, trial) = max(best_by_method.items(), key=lambda item: item[1][0])
+        for _, best in best_by_method.values():
+            scores = repeats.get(best["trial_id"], [best["test_f1"]])
+            best["test_f1_seeds"] = scores
+            best["test_f1_mean"] = statistics.fmean(scores)
+            best["test_f1_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
         gain = None
         if "metaxl" in best_by_method and "joint" in best_by_method:
-            gain = best_by_method["metaxl"][1]["test_f1"] - best_by_method["joint"][1]["test_f1"]
+            gain = (best_by_method["metaxl"][1]["test_f1_mean"]
+                    - best_by_method["joint"][1]["test_f1_mean"])
         rows.append({"target": target, "best_method": method,
                      "best_source": trial["config"].get("source"), "dev_f1": trial["dev_f1"],
                      "test_f1": trial["test_f1"], "trial_id": trial["trial_id"],
+                     "test_f1_mean": trial["test_f1_mean"], "test_f1_std": trial["test_f1_std"],
+                     "seeds": len(trial["test_f1_seeds"]),
                      "metaxl_minus_joint_test_f1": gain,
-                     "per_method": {m: {"dev_f1": t["dev_f1"], "test_f1": t["test_f1"],
-                                        "source": t["config"].get("source")}
+                     "per_method": {m: {k: t[k] for k in ("dev_f1", "test_f1", "test_f1_mean",
+                                                         "test_f1_std", "test_f1_seeds")}
+                                    | {"source": t["config"].get("source")}
                                     for m, (_, t) in best_by_method.items()}})
     return rows
 
 
 def print_summary(rows: list[dict]) -> None:
-    print(f"\n{'target':<26} {'best method':<12} {'best source':<24} {'dev F1':>7} {'test F1':>8} "
-          f"{'metaxl-joint':>13}")
+    print(f"\n{'target':<26} {'best method':<12} {'best source':<24} {'dev F1':>7} "
+          f"{'test F1 (seeds)':>20} {'metaxl-joint':>13}")
     for row in rows:
         if row["best_method"] is None:
             print(f"{row['target']:<26} (no finished trial)")
             continue
         gain = row["metaxl_minus_joint_test_f1"]
+        test = f"{row['test_f1_mean']:.4f} ± {row['test_f1_std']:.4f} ({row['seeds']})"
         print(f"{row['target']:<26} {row['best_method']:<12} {str(row['best_source']):<24} "
-              f"{row['dev_f1']:>7.4f} {row['test_f1']:>8.4f} "
-              f"{'' if gain is None else f'{gain:+.4f}':>13}")
+              f"{row['dev_f1']:>7.4f} {test:>20} {'' if gain is None else f'{gain:+.4f}':>13}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--seeds-per-config", type=int,
+                   help="re-run each search's best configuration with this many seeds in all")
     p.add_argument("--reuse-actors", type=lambda v: v.lower() in ("1", "true", "yes"),
                    metavar="BOOL", help="reuse warm worker processes between trials (default: true)")
     p.add_argument("--data-root")

@@ -71,6 +71,8 @@ class SweepConfig:
     reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
     max_failures: int = 1  # retries per trial after an error (Ray Tune FailureConfig)
     reuse_actors: bool = True  # run trials in warm worker processes (cached encoder and data)
+    seeds_per_config: int = 1  # >1: re-run each search's best configuration with more seeds
+    #                            and report test F1 as mean ± std over them
     data_root: str | None = None
     space: dict = field(default_factory=lambda: dict(EMBEDDED_SPACE))
     trial: dict = field(default_factory=lambda: dict(EMBEDDED_TRIAL))
@@ -98,7 +100,8 @@ class SweepConfig:
             if any(m != "target_only" for m in self.methods) and not self.sources_for(target):
                 raise ConfigError(f"sources: the only source for target {target!r} is the target "
                                   "itself; add another source language")
-        for name in ("trials_per_search", "max_concurrent", "grace_period", "reduction_factor"):
+        for name in ("trials_per_search", "max_concurrent", "grace_period", "reduction_factor",
+                     "seeds_per_config"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.reduction_factor < 2:

@@ -1,6 +1,7 @@
 """A tiny real sweep end to end on local Ray: MLflow runs and tags, ASHA stopping, export and a
 re-run that reproduces the exported metric, and --resume after the driver is killed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ targets: [ner:masakhaner2:yor, ner:masakhaner2:ibo]
 sources: [ner:conll2003:en, ner:masakhaner2:hau]
 methods: [metaxl, joint]
 trials_per_search: {trials}
+seeds_per_config: {seeds}
 max_concurrent: 2
 reduction_factor: 2
 space: {{rtn_width: [8, 16], rtn_layer: [0, null], lr: [1.0e-4, 3.0e-3], meta_lr: [1.0e-5, 1.0e-2]}}
@@ -31,9 +33,9 @@ trial: {{encoder: tiny-bert, epochs: 3, source_train_size: 40, target_train_size
 """
 
 
-def sweep_command(tmp_path, trials: int, *extra) -> list[str]:
+def sweep_command(tmp_path, trials: int, *extra, seeds: int = 1) -> list[str]:
     config = tmp_path / "sweep.yaml"
-    config.write_text(SWEEP.format(trials=trials), encoding="utf-8")
+    config.write_text(SWEEP.format(trials=trials, seeds=seeds), encoding="utf-8")
     return [sys.executable, "sweeps/pairs.py", "--config", str(config),
             "--output-dir", str(tmp_path / "out"), *extra]
 
@@ -48,7 +50,7 @@ def trial_runs(tmp_path):
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sweep")
-    proc = subprocess.run(sweep_command(tmp_path, 3), cwd=PROJECT_ROOT, capture_output=True,
+    proc = subprocess.run(sweep_command(tmp_path, 3, seeds=2), cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp_path, proc.stdout
@@ -68,6 +70,24 @@ def test_sweep_logs_one_tagged_run_per_trial(finished_sweep):
         assert run.data.params["method"] == tags["method"]
     assert len({r.data.tags["trial_id"] for r in runs}) == len(runs)
     assert "target" in stdout and "metaxl-joint" in stdout, "final summary table"
+
+
+def test_best_configurations_are_repeated_with_more_seeds(finished_sweep):
+    tmp_path, stdout = finished_sweep
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test-sweep")
+    repeats = client.search_runs([experiment.experiment_id], "tags.role = 'seed_repeat'")
+    assert len(repeats) == 4, "one extra seed for each (target, method) search's best"
+    trials = {r.data.tags["trial_id"]: r for r in trial_runs(tmp_path)}
+    for run in repeats:
+        best = trials[run.data.tags["repeats_trial"]]
+        assert run.data.params["seed"] != best.data.params["seed"]
+        for key in ("lr", "source", "method"):
+            assert run.data.params[key] == best.data.params[key]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for row in summary["targets"]:
+        assert row["seeds"] == 2 and row["test_f1_std"] >= 0.0
+    assert "(2)" in stdout
 
 
 def test_asha_stopped_at_least_one_trial(finished_sweep):
