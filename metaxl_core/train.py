@@ -95,8 +95,8 @@ def _loader(features, collator, batch_size, seed, shuffle=True) -> DataLoader:
                       collate_fn=collator)
 
 
-def _endless_batches(features, collator, batch_size, seed):
-    """Batches of exactly `batch_size` drawn from shuffled passes over `features`."""
+def _endless_batches(features: list[dict], batch_size: int, seed: int):
+    """Lists of exactly `batch_size` features drawn from shuffled passes over `features`."""
     rng = random.Random(seed)
     order: list[int] = []
     while True:
@@ -198,8 +198,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     for epoch in range(first_epoch, cfg.epochs):
         epoch_started = time.perf_counter()
         epoch_seed = cfg.seed * 1000 + epoch
-        target_batches = _endless_batches(splits["target_train"].features, collator,
-                                          cfg.batch_size, epoch_seed)
+        target_batches = _endless_batches(splits["target_train"].features, cfg.batch_size,
+                                          epoch_seed)
         step_batches = _loader(steps_data.features, collator, cfg.batch_size, epoch_seed)
         bar = tqdm(step_batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
