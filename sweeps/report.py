@@ -285,6 +285,10 @@ def plot_curves(task: str, label: str, data: dict, path: Path) -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("dev F1 × 100")
     ax.set_title(f"{task} {label}: dev F1 per epoch (mean ± std over seeds)", fontsize=9)
+    _save_line_plot(fig, ax, path)
+
+
+def _save_line_plot(fig, ax, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -325,11 +329,7 @@ def plot_sensitivity(task: str, groups: dict, path: Path) -> None:
         ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("dev F1 × 100")
     ax.set_title(f"{task}: sensitivity (dev split, mean ± std over seeds)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_line_plot(fig, ax, path)
 
 
 # ---------------------------------------------------------------------------- report
