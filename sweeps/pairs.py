@@ -185,7 +185,7 @@ def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None) -
           f"per trial {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU; up to "
           f"{sweep.max_concurrent} concurrent per search; ASHA grace {sweep.grace_period}, "
           f"reduction {sweep.reduction_factor}")
-    print(f"encoder {sweep.trial.get('encoder', 'tiny-bert')}"
+    print(f"encoder {sweep.base_trial(sweep.targets[0], sweep.methods[0]).encoder}"
           + (f" ({n_layers} layers)" if n_layers else ""))
     print(f"{'search':<58} {'sources':<40} searched")
     for search in searches:
