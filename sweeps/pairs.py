@@ -32,10 +32,11 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from metaxl_core import data as data_lib
+from metaxl_core.config import split_sources
 from metaxl_core.encoders import load_encoder
 from metaxl_core.errors import MetaXLError
 from metaxl_core.train import run_trial
-from sweeps.settings import SweepConfig
+from sweeps.settings import CHOICES, SweepConfig
 from sweeps.tracking import MLflowTracker, default_tracking_uri, open_experiment, target_run
 
 METRIC, MODE = "dev/f1", "max"
@@ -53,8 +54,9 @@ def search_space(sweep: SweepConfig, search: dict, n_layers: int) -> dict:
     if "rtn_layer" in search["dimensions"]:
         low, high = dims["rtn_layer"]
         space["rtn_layer"] = tune.randint(low, min(n_layers if high is None else high, n_layers) + 1)
-    if "rtn_layers" in search["dimensions"]:
-        space["rtn_layers"] = tune.choice(dims["rtn_layers"])
+    for name in ("rtn_layers", *CHOICES):
+        if name in search["dimensions"]:
+            space[name] = tune.choice(dims[name])
     if "lr" in search["dimensions"]:
         space["lr"] = tune.loguniform(*dims["lr"])
     if "meta_lr" in search["dimensions"]:
@@ -198,7 +200,8 @@ def check_datasets(sweep: SweepConfig) -> None:
     """Fail before launching anything if a target or source cannot be read (unknown dataset
     or language, missing files, hub unreachable): reads each one's dev split."""
     root = data_lib.resolve_data_root(sweep.data_root)
-    for name in dict.fromkeys(sweep.targets + sweep.sources):
+    for name in dict.fromkeys(sweep.targets + [s for group in sweep.sources
+                                               for s in split_sources(group)]):
         data_lib.read_split(data_lib.DataSpec.parse(name), "dev", root)
 
 

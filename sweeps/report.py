@@ -41,11 +41,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-METHOD_ORDER = ["target_only", "source_only", "joint", "metaxl", "metaxl_trunc"]
+from metaxl_core.config import source_label  # noqa: E402
+
+METHOD_ORDER = ["target_only", "source_only", "joint", "metaxl", "metaxl_trunc", "metaxl_fd",
+                "metaxl_layers", "metaxl_softmax", "metaxl_per_source"]
 METHOD_TITLES = {"target_only": "target only", "source_only": "source only", "joint": "joint (JT)",
-                 "metaxl": "MetaXL exact", "metaxl_trunc": "MetaXL truncated"}
+                 "metaxl": "MetaXL exact", "metaxl_trunc": "MetaXL truncated",
+                 "metaxl_fd": "MetaXL first-order (FD)", "metaxl_layers": "MetaXL 2 RTNs sequential",
+                 "metaxl_softmax": "MetaXL 2 RTNs softmax-mixed",
+                 "metaxl_per_source": "MetaXL RTN per source, learned sampling"}
 TASK_ORDER = ["ner", "sentiment"]
-GAIN_METHODS = ["metaxl", "metaxl_trunc"]
+GAIN_METHODS = [m for m in METHOD_ORDER if m.startswith("metaxl")]
 # secondary test metrics shown as extra tables when the runs logged them (final/test/...);
 # binary sentiment's headline `f1` is the positive-class F1, so macro-F1 and accuracy matter
 EXTRA_METRICS = {"sentiment": ["test/macro_f1", "test/acc"]}
@@ -53,7 +59,8 @@ EXTRA_METRICS = {"sentiment": ["test/macro_f1", "test/acc"]}
 
 # ---------------------------------------------------------------------------- reading
 def lang(name: str | None) -> str:
-    return name.split(":")[-1] if name and name != "none" else "none"
+    """"yor" for "ner:masakhaner2:yor"; "en+kin" for a source set; "none" for no source."""
+    return source_label(None if name == "none" else name)
 
 
 def method_label(tags: dict, params: dict) -> str:

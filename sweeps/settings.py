@@ -6,7 +6,7 @@ A sweep file looks like:
 
     task: ner
     targets: [ner:masakhaner2:yor, ner:masakhaner2:ibo]
-    sources: [ner:conll2003:en, ner:masakhaner2:hau]
+    sources: [ner:conll2003:en, ner:masakhaner2:hau, "ner:conll2003:en,ner:masakhaner2:hau"]
     methods: [metaxl, joint]
     trials_per_search: 20
     space: {rtn_width: [64, 128, 192, 384, 768], rtn_layer: [0, 12],
@@ -20,17 +20,24 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from metaxl_core.config import METHODS, TASKS, TrialConfig, load_yaml_mapping
+from metaxl_core.config import (METHODS, RTN_MIXING, SOURCE_SAMPLING, TASKS, TrialConfig,
+                                 load_yaml_mapping, split_sources)
 from metaxl_core.errors import ConfigError
 
 # Searched dimensions and the methods that have them.
 DIMENSIONS = {"rtn_width": ("metaxl",), "rtn_layer": ("metaxl",), "rtn_layers": ("metaxl",),
-              "lr": METHODS, "meta_lr": ("metaxl",)}
+              "lr": METHODS, "meta_lr": ("metaxl",), "rtn_mixing": ("metaxl",),
+              "rtn_per_source": ("metaxl",), "source_sampling": ("metaxl",)}
+# Dimensions searched as a categorical choice among the listed values, and the values allowed.
+CHOICES = {"rtn_mixing": RTN_MIXING, "rtn_per_source": (False, True),
+           "source_sampling": SOURCE_SAMPLING}
 
 DEFAULT_SPACE = {
     "rtn_width": [64, 128, 192, 384, 768],  # a categorical choice
     "rtn_layer": [0, None],  # integer bounds; None = the encoder's last layer
     # or, instead of rtn_layer, insertion sets: "rtn_layers": ["12", "0,12", "6,12"]
+    # with several layers or sources also (categorical): "rtn_mixing": ["sequential", "softmax"],
+    # "rtn_per_source": [false, true], "source_sampling": ["proportional", "uniform", "learned"]
     "lr": [1e-5, 1e-4],  # log-uniform bounds
     "meta_lr": [1e-7, 1e-3],  # log-uniform bounds
 }
@@ -92,10 +99,10 @@ class SweepConfig:
                 raise ConfigError(f"methods: unknown method {method!r}; known: {METHODS}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods: listed twice in {self.methods}")
-        for spec in self.targets + self.sources:
+        for spec in self.targets + [s for group in self.sources for s in split_sources(group)]:
             if spec.count(":") != 2 or spec.split(":")[0] != self.task:
                 raise ConfigError(f"targets/sources: {spec!r} must look like "
-                                  f"'{self.task}:dataset:language'")
+                                  f"'{self.task}:dataset:language' (a source set: comma-separated)")
         for target in self.targets:
             if any(m != "target_only" for m in self.methods) and not self.sources_for(target):
                 raise ConfigError(f"sources: the only source for target {target!r} is the target "
@@ -134,6 +141,11 @@ class SweepConfig:
             if not (isinstance(layers, str) and all(p.strip().isdigit() for p in layers.split(","))):
                 raise ConfigError(f"space.rtn_layers: each choice must be a string of layer "
                                   f"numbers like '0,12', got {layers!r}")
+        for name, allowed in CHOICES.items():
+            for value in self.space.get(name, []):
+                if value not in allowed or type(value) is not type(allowed[0]):
+                    raise ConfigError(f"space.{name}: each choice must be one of {list(allowed)}, "
+                                      f"got {value!r}")
         widths = self.space.get("rtn_width")
         if widths is not None and not all(isinstance(w, int) and w > 0 for w in widths):
             raise ConfigError(f"space.rtn_width: must be positive integers, got {widths!r}")
@@ -144,8 +156,8 @@ class SweepConfig:
         self.base_trial(self.targets[0], self.methods[0])  # the fixed trial fields must be valid
 
     def sources_for(self, target: str) -> list[str]:
-        """Candidate sources of one target (the target itself is never its own source)."""
-        return [s for s in self.sources if s != target]
+        """Candidate sources (or source sets) of one target: never one that includes it."""
+        return [s for s in self.sources if target not in split_sources(s)]
 
     def base_trial(self, target: str, method: str, source: str | None = None) -> TrialConfig:
         """The fixed part of a trial of this sweep (searched fields at their defaults)."""

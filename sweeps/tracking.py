@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from metaxl_core.config import source_label
 from metaxl_core.errors import ConfigError
 
 SECRET_PATTERN = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.IGNORECASE)
@@ -125,8 +126,8 @@ class MLflowTracker(tune.Callback):
             if run_id is None:
                 config = {**self.fixed_config, **trial.config}
                 tags = {"role": "trial", **self.tags, "trial_id": trial.trial_id,
-                        "source_lang": config["source"].split(":")[-1] if config.get("source")
-                        else "none", "mlflow.parentRunId": self.parent_run_id}
+                        "source_lang": source_label(config.get("source")),
+                        "mlflow.parentRunId": self.parent_run_id}
                 run_id = self.client.create_run(
                     self.experiment_id, run_name=f"{tags['method']}-{tags['target_lang']}-"
                     f"{trial.trial_id}", tags=tags).info.run_id
@@ -213,7 +214,7 @@ def log_results(client: MlflowClient, experiment_id: str, results: dict, tags: d
     config = results["config"]
     tags = {"task": config["task"], "encoder": config["encoder"],
             "target": config["target"], "target_lang": config["target"].split(":")[-1],
-            "source_lang": config["source"].split(":")[-1] if config.get("source") else "none",
+            "source_lang": source_label(config.get("source")),
             "method": config["method"], **{k: str(v) for k, v in tags.items()}}
     run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     stamp = int(time.time() * 1000)

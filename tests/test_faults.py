@@ -173,8 +173,8 @@ def _start_node(args: list[str], env: dict) -> subprocess.Popen:
 
 def _wait_for_nodes(address: str, count: int, env: dict, timeout: float = 180) -> None:
     """Block until the cluster has `count` live nodes (a loaded machine registers slowly)."""
-    probe = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
+    probe = (f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))")
     deadline = time.time() + timeout
     while time.time() < deadline:
         proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,

@@ -37,20 +37,22 @@ def batch(gen: torch.Generator, n: int, length: int, task: str = "ner") -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def make_model(family="bert", rtn_layer=LAYERS, task="ner", seed=0) -> MetaXLModel:
+def make_model(family="bert", rtn_layer=LAYERS, task="ner", seed=0, **options) -> MetaXLModel:
     torch.manual_seed(seed)
-    model = MetaXLModel(tiny_encoder(family), LABELS, task, rtn_layer, rtn_width=4).double()
+    model = MetaXLModel(tiny_encoder(family), LABELS, task, rtn_layer, rtn_width=4,
+                        **options).double()
     with torch.no_grad():  # move Φ off its near-identity start so every entry has a gradient
         for p in model.phi().values():
             p.normal_(0.0, 0.5)
     return model
 
 
-def meta_loss_after_virtual_step(model, source, t1, t2, eta, truncated=False) -> float:
+def meta_loss_after_virtual_step(model, source, t1, t2, eta, truncated=False,
+                                 source_index=0) -> float:
     """L_meta(θ - η g(Φ)) evaluated from scratch, first order only: the FD reference."""
     theta = model.theta()
     names = list(theta)
-    loss = model.loss(source, use_rtn=True) + model.loss(t1)
+    loss = model.loss(source, use_rtn=True, source_index=source_index) + model.loss(t1)
     grads = torch.autograd.grad(loss, [theta[n] for n in names], allow_unused=True)
     step_names = set(model.theta_above_rtn()) if truncated else set(names)
     new = {n: (theta[n] - eta * g if n in step_names and g is not None else theta[n]).detach()
@@ -117,9 +119,9 @@ def test_theta_update_is_adamw_on_g_without_a_second_source_pass():
     calls = {"source": 0}
     original_loss = model.loss
 
-    def counting_loss(b, use_rtn=False):
+    def counting_loss(b, use_rtn=False, source_index=0):
         calls["source"] += b is source
-        return original_loss(b, use_rtn=use_rtn)
+        return original_loss(b, use_rtn=use_rtn, source_index=source_index)
 
     model.loss = counting_loss
     metaxl_step(model, theta_opt, phi_opt, source, t1, t2, virtual_lr=1e-3, mode="exact",

@@ -141,3 +141,31 @@ def trial_runs_safe(tmp_path):
         return trial_runs(tmp_path)
     except Exception:  # the store is being created by the driver
         return []
+
+
+def test_a_sweep_searches_source_sets_with_per_source_rtns(tmp_path):
+    config = tmp_path / "sets.yaml"
+    config.write_text("""
+name: test-sets
+targets: [ner:masakhaner2:yor]
+sources: ["ner:conll2003:en,ner:masakhaner2:hau", ner:masakhaner2:hau]
+methods: [metaxl]
+grid_pairs: true
+trials_per_search: 2
+space: {rtn_per_source: [true], source_sampling: [learned, uniform], lr: [1.0e-3, 3.0e-3]}
+trial: {encoder: tiny-bert, epochs: 2, source_train_size: 30, target_train_size: 20,
+        target_dev_size: 20, max_seq_length: 32, warmup_ratio: 0.0}
+""", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "sweeps/pairs.py", "--config", str(config),
+                           "--output-dir", str(tmp_path / "out")], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test-sets")
+    runs = client.search_runs([experiment.experiment_id], "tags.role = 'trial'")
+    assert sorted(r.data.tags["source_lang"] for r in runs) == ["en+hau"] * 2 + ["hau"] * 2
+    for run in runs:
+        if run.data.tags["source_lang"] == "en+hau":
+            assert run.data.params["rtn_per_source"] == "True"
+            p_en, p_hau = (run.data.metrics[f"train/p_{n}"] for n in ("conll2003_en", "masakhaner2_hau"))
+            assert p_en + p_hau == pytest.approx(1.0)

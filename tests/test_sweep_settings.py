@@ -40,6 +40,23 @@ grid_pairs: true
                      ("ner:masakhaner2:hau", "ner:conll2003:en")]
 
 
+def test_source_sets_are_candidates_unless_they_include_the_target(tmp_path):
+    sweep = SweepConfig.load(write(tmp_path, """
+targets: [ner:masakhaner2:yor, ner:masakhaner2:hau]
+sources: [ner:conll2003:en, "ner:conll2003:en,ner:masakhaner2:hau"]
+methods: [metaxl]
+space: {source_sampling: [uniform, learned], rtn_per_source: [false, true], rtn_mixing: [softmax]}
+"""))
+    by_target = {s["target"]: s for s in sweep.searches()}
+    assert by_target["ner:masakhaner2:yor"]["sources"] == sweep.sources
+    assert by_target["ner:masakhaner2:hau"]["sources"] == ["ner:conll2003:en"]
+    from sweeps.pairs import search_space
+    space = search_space(sweep, by_target["ner:masakhaner2:yor"], n_layers=2)
+    assert space["source"].categories == sweep.sources
+    assert space["rtn_per_source"].categories == [False, True]
+    assert space["source_sampling"].categories == ["uniform", "learned"]
+
+
 def test_flags_override_the_file(tmp_path):
     sweep = SweepConfig.load(write(tmp_path, "trials_per_search: 9\n"), {"trials_per_search": 3})
     assert sweep.trials_per_search == 3
@@ -59,6 +76,9 @@ def test_flags_override_the_file(tmp_path):
     ("trial: {epochs: 0}\n", "epochs: must be > 0"),
     ("trial: {lr: 1.0e-4}\n", "trial: fixes fields the sweep sets itself"),
     ("cpus_per_trial: 0\n", "cpus_per_trial must be > 0"),
+    ("space: {source_sampling: [often]}\n", "space.source_sampling: each choice must be one of"),
+    ("space: {rtn_per_source: [yes, 'no']}\n", "space.rtn_per_source: each choice must be one of"),
+    ("sources: ['ner:conll2003:en,ner-x-y']\n", "'ner-x-y' must look like 'ner:dataset:language'"),
     ("- a\n- b\n", "expected a mapping at the top level"),
 ])
 def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
@@ -92,7 +112,8 @@ def test_dry_run_prints_the_plan_counts():
     ("method", "maml", "method: must be one of"),
     ("rtn_widht", 3, "unknown field(s) ['rtn_widht']"),
     ("epochs", "ten", "epochs: expected int, got 'ten'"),
-    ("source", "ner:masakhaner2:yor", "source: equals the target"),
+    ("source", "ner:masakhaner2:yor", "source: includes the target"),
+    ("source", "ner:conll2003:en,ner:masakhaner2:yor", "source: includes the target"),
 ])
 def test_trial_config_names_the_bad_field(field, value, message):
     with pytest.raises(ConfigError) as err:
