@@ -5,6 +5,9 @@ Run (from the repository root; the full run takes about 12 minutes on 2 shared C
     .venv/bin/python bench/step_cost.py            # tiny, e5-small-sized, XLM-R-base-sized
     .venv/bin/python bench/step_cost.py --quick    # tiny only (seconds; a smoke test)
     .venv/bin/python bench/step_cost.py --configs e5-small --repeats 7 --no-memory
+    .venv/bin/python bench/step_cost.py --configs e5-small --layers middle --variants joint \
+        metaxl finite_difference layers_sequential layers_softmax per_source \
+        --out bench/results/step_cost_beyond.json     # the variants beyond the paper
 
 Every variant sees the same 20 examples of 48 tokens per step (NER, 7 labels):
 
@@ -15,7 +18,12 @@ Every variant sees the same 20 examples of 48 tokens per step (NER, 7 labels):
   measured: every parameter is cloned, the virtual step and the hypergradient go through the
   clones (all of θ differentiated with create_graph, source + T1 in one second-order graph),
   Φ steps, then source (through the updated RTN) + T1 run forward/backward a second time for
-  the θ update.
+  the θ update;
+- beyond the paper (exact hypergradient, each on its own model built from the same weights):
+  `layers_sequential` / `layers_softmax`: two RTNs, after the timed layer and the last one
+  (the middle and the last when the timed layer is the last), applied in one pass or as two
+  softmax-mixed source passes; `per_source`: one RTN per source (two sources), the batch
+  routed through the second one.
 
 Encoders are random-weight BERT models built from `BertConfig` (`attn_implementation="sdpa"`),
 in train mode (dropout 0.1). For each config and RTN layer (0, middle, last) one model and one
@@ -62,13 +70,15 @@ CONFIGS = {  # layers, hidden, heads, intermediate, vocab; default repeats after
                       timed_layers="middle"),  # about a minute per round: `--layers all` for more
 }
 VARIANTS = ("joint", "metaxl", "truncated", "finite_difference", "reference")
+BEYOND = ("layers_sequential", "layers_softmax", "per_source")  # each needs its own model
 SEQ_LEN, LABELS, RTN_WIDTH = 48, 7, 192
 N_SOURCE, N_T1, N_T2 = 10, 5, 5
 VIRTUAL_LR, LR, MAX_GRAD_NORM = 1e-4, 2e-5, 1.0
 MEMORY_LAYER = "middle"  # the memory subprocesses use the middle RTN layer
 
 
-def build(config: str, rtn_layer: int, seed: int = 0):
+def build(config: str, rtn_layer: int, seed: int = 0, structure: str = "single"):
+    """Model and optimizers; `structure` is "single" (one RTN) or one of BEYOND."""
     spec = CONFIGS[config]
     torch.manual_seed(seed)
     encoder = BertModel(BertConfig(vocab_size=spec["vocab"], hidden_size=spec["hidden"],
@@ -77,7 +87,12 @@ def build(config: str, rtn_layer: int, seed: int = 0):
                                    intermediate_size=spec["intermediate"],
                                    max_position_embeddings=512, attn_implementation="sdpa"),
                         add_pooling_layer=False)
-    model = MetaXLModel(encoder, LABELS, "ner", rtn_layer, RTN_WIDTH).train()
+    last = spec["layers"]
+    layers = rtn_layer if structure in ("single", "per_source") else \
+        sorted({rtn_layer if rtn_layer != last else last // 2, last})
+    model = MetaXLModel(encoder, LABELS, "ner", layers, RTN_WIDTH,
+                        rtn_sets=2 if structure == "per_source" else 1,
+                        rtn_mixing="softmax" if structure == "layers_softmax" else "sequential").train()
     theta_opt = torch.optim.AdamW(model.theta().values(), lr=LR, weight_decay=0.01)
     phi_opt = torch.optim.Adam(model.phi().values(), lr=1e-3)
     return model, theta_opt, phi_opt
@@ -137,10 +152,11 @@ def reference_step(model: MetaXLModel, theta_opt, phi_opt, source: dict, t1: dic
 def run_variant(variant: str, model, theta_opt, phi_opt, data: dict) -> None:
     if variant == "joint":
         plain_step(model, theta_opt, [data["source"], data["target"]], MAX_GRAD_NORM)
-    elif variant in ("metaxl", "truncated", "finite_difference"):
+    elif variant in ("metaxl", "truncated", "finite_difference") + BEYOND:
+        mode = variant if variant in ("truncated", "finite_difference") else "exact"
         metaxl_step(model, theta_opt, phi_opt, data["source"], data["t1"], data["t2"],
-                    virtual_lr=VIRTUAL_LR, mode="exact" if variant == "metaxl" else variant,
-                    max_grad_norm=MAX_GRAD_NORM)
+                    virtual_lr=VIRTUAL_LR, mode=mode, max_grad_norm=MAX_GRAD_NORM,
+                    source_index=1 if variant == "per_source" else 0)
     elif variant == "reference":
         reference_step(model, theta_opt, phi_opt, data["source"], data["t1"], data["t2"],
                        virtual_lr=VIRTUAL_LR, max_grad_norm=MAX_GRAD_NORM)
@@ -153,17 +169,21 @@ def rtn_layers(config: str) -> list[int]:
     return sorted({0, n // 2, n})
 
 
+def structure_of(variant: str) -> str:
+    return variant if variant in BEYOND else "single"
+
+
 def time_config(config: str, rtn_layer: int, variants, repeats: int, warmup: int) -> dict:
-    model, theta_opt, phi_opt = build(config, rtn_layer)
+    models = {s: build(config, rtn_layer, structure=s) for s in {structure_of(v) for v in variants}}
     data = make_data(config)
     for _ in range(warmup):
         for variant in variants:
-            run_variant(variant, model, theta_opt, phi_opt, data)
+            run_variant(variant, *models[structure_of(variant)], data)
     seconds = {v: [] for v in variants}
     for _ in range(repeats):
         for variant in variants:  # interleaved: every round has each variant once
             start = time.perf_counter()
-            run_variant(variant, model, theta_opt, phi_opt, data)
+            run_variant(variant, *models[structure_of(variant)], data)
             seconds[variant].append(time.perf_counter() - start)
     result = {"rtn_layer": rtn_layer, "seconds": seconds,
               "median_s": {v: statistics.median(s) for v, s in seconds.items()}}
@@ -190,7 +210,7 @@ def _peak_rss_kib() -> int:
 
 
 def memory_child(config: str, rtn_layer: int, variant: str, steps: int) -> None:
-    model, theta_opt, phi_opt = build(config, rtn_layer)
+    model, theta_opt, phi_opt = build(config, rtn_layer, structure=structure_of(variant))
     data = make_data(config)
     before_step = _rss_kib()
     run_variant(variant, model, theta_opt, phi_opt, data)
@@ -232,7 +252,7 @@ def main(argv=None) -> None:
                              "(default: all, middle only for xlmr-base)")
     parser.add_argument("--repeats", type=int, help="timed rounds per config (default: per config)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS + BEYOND, default=list(VARIANTS))
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared machine, 2-thread OpenMP "

@@ -76,7 +76,8 @@ def make_scheduler(sweep: SweepConfig, epochs: int) -> ASHAScheduler:
 
 
 def trainable(config: dict, fixed: dict) -> None:
-    """One Tune trial: run_trial with a checkpoint after every evaluation (resumable)."""
+    """One Tune trial: run_trial with a checkpoint after every evaluation but the last
+    (resumable)."""
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -84,9 +85,13 @@ def trainable(config: dict, fixed: dict) -> None:
             resume = torch.load(Path(folder) / "state.pt", weights_only=True)
 
     node_id = ray.get_runtime_context().get_node_id()
+    epochs = {**fixed, **config}["epochs"]
 
     def report(metrics: dict, state: dict) -> None:
         metrics["node_id"] = node_id  # which cluster node ran the trial (an MLflow tag)
+        if metrics["epoch"] == epochs:  # a finished trial never resumes: no checkpoint (each
+            tune.report(metrics)        # one also forces a Tune experiment-state snapshot)
+            return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
