@@ -8,6 +8,7 @@ Run (from the repository root; the full run takes about 12 minutes on 2 shared C
     .venv/bin/python bench/step_cost.py --configs e5-small --layers middle --variants joint \
         metaxl finite_difference layers_sequential layers_softmax per_source \
         --out bench/results/step_cost_beyond.json     # the variants beyond the paper
+    bash bench/gpu_step_cost.sh                       # on a CUDA machine: fp32 and bf16, MFU
 
 Every variant sees the same 20 examples of 48 tokens per step (NER, 7 labels):
 
@@ -31,7 +32,17 @@ AdamW (θ) / Adam (Φ) pair serve all variants; after warm-up, the variants run 
 (joint, metaxl, truncated, reference, joint, ...), and the table shows the median over rounds
 of each round's time ratio to that round's joint step, plus the median seconds.
 
-Peak memory is measured in a fresh subprocess per (config, variant) with glibc's mmap
+On CUDA (`--device cuda`, optionally `--precision bf16`: the steps run under
+`torch.autocast(bfloat16)`), every step is timed up to `torch.cuda.synchronize()`, peak memory
+is `torch.cuda.max_memory_allocated` over two steps of each variant in this process, and the
+table adds model FLOP utilisation: MFU = F / step time / the card's peak FLOP/s, where
+F = tokens x (6 x non-embedding parameters + 12 x layers x sequence length x hidden) is the
+training FLOPs of the joint step's 20 x 48 tokens (Kaplan et al.'s 6N plus attention). Every
+variant is credited the same F (equal examples), so a variant's MFU falls by its overhead.
+Peak FLOP/s come from `--peak-tflops` or, for known cards, from PEAK_TFLOPS (dense, no
+sparsity; fp32 without TF32).
+
+On CPU, peak memory is measured in a fresh subprocess per (config, variant) with glibc's mmap
 threshold lowered (`MALLOC_MMAP_THRESHOLD_=65536`) so that freed tensors are returned to the
 OS at once and the peak resident set size (`VmHWM` in /proc/self/status) follows live memory
 rather than allocator caching. The subprocess builds the model and optimizers and runs
@@ -75,6 +86,9 @@ SEQ_LEN, LABELS, RTN_WIDTH = 48, 7, 192
 N_SOURCE, N_T1, N_T2 = 10, 5, 5
 VIRTUAL_LR, LR, MAX_GRAD_NORM = 1e-4, 2e-5, 1.0
 MEMORY_LAYER = "middle"  # the memory subprocesses use the middle RTN layer
+PEAK_TFLOPS = {"H100": {"bf16": 989.4, "fp32": 66.9}, "H200": {"bf16": 989.4, "fp32": 66.9},
+               "A100": {"bf16": 312.0, "fp32": 19.5}, "L4": {"bf16": 121.0, "fp32": 30.3}}
+DEVICE, PRECISION, PEAK_TFLOPS_FLAG = torch.device("cpu"), "fp32", None  # set by main()
 
 
 def build(config: str, rtn_layer: int, seed: int = 0, structure: str = "single"):
@@ -92,7 +106,8 @@ def build(config: str, rtn_layer: int, seed: int = 0, structure: str = "single")
         sorted({rtn_layer if rtn_layer != last else last // 2, last})
     model = MetaXLModel(encoder, LABELS, "ner", layers, RTN_WIDTH,
                         rtn_sets=2 if structure == "per_source" else 1,
-                        rtn_mixing="softmax" if structure == "layers_softmax" else "sequential").train()
+                        rtn_mixing="softmax" if structure == "layers_softmax" else "sequential")
+    model = model.to(DEVICE).train()
     theta_opt = torch.optim.AdamW(model.theta().values(), lr=LR, weight_decay=0.01)
     phi_opt = torch.optim.Adam(model.phi().values(), lr=1e-3)
     return model, theta_opt, phi_opt
@@ -112,8 +127,9 @@ def make_batch(gen: torch.Generator, n: int, vocab: int) -> dict:
 def make_data(config: str) -> dict:
     gen = torch.Generator().manual_seed(1)
     vocab = CONFIGS[config]["vocab"]
-    return {"source": make_batch(gen, N_SOURCE, vocab), "target": make_batch(gen, N_T1 + N_T2, vocab),
-            "t1": make_batch(gen, N_T1, vocab), "t2": make_batch(gen, N_T2, vocab)}
+    batches = {"source": make_batch(gen, N_SOURCE, vocab), "target": make_batch(gen, N_T1 + N_T2, vocab),
+               "t1": make_batch(gen, N_T1, vocab), "t2": make_batch(gen, N_T2, vocab)}
+    return {name: {k: v.to(DEVICE) for k, v in b.items()} for name, b in batches.items()}
 
 
 def reference_step(model: MetaXLModel, theta_opt, phi_opt, source: dict, t1: dict, t2: dict, *,
@@ -150,6 +166,14 @@ def reference_step(model: MetaXLModel, theta_opt, phi_opt, source: dict, t1: dic
 
 
 def run_variant(variant: str, model, theta_opt, phi_opt, data: dict) -> None:
+    """One step of `variant`, finished on the device when this returns."""
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
+        _step(variant, model, theta_opt, phi_opt, data)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _step(variant: str, model, theta_opt, phi_opt, data: dict) -> None:
     if variant == "joint":
         plain_step(model, theta_opt, [data["source"], data["target"]], MAX_GRAD_NORM)
     elif variant in ("metaxl", "truncated", "finite_difference") + BEYOND:
@@ -191,7 +215,46 @@ def time_config(config: str, rtn_layer: int, variants, repeats: int, warmup: int
         result["ratio_to_joint"] = {
             v: statistics.median(a / b for a, b in zip(s, seconds["joint"]))
             for v, s in seconds.items()}
+    peak = peak_flops()
+    if peak:
+        flops = model_flops(config, models[structure_of(variants[0])][0])
+        result["model_tflops_per_step"] = flops / 1e12
+        result["mfu"] = {v: flops / t / peak for v, t in result["median_s"].items()}
     return result
+
+
+def model_flops(config: str, model: MetaXLModel) -> float:
+    """Training FLOPs of the joint step's tokens: tokens x (6 N + 12 L S d), N = non-embedding
+    parameters of encoder and head (the RTN is not counted)."""
+    spec = CONFIGS[config]
+    n = sum(p.numel() for name, p in model.theta().items() if ".embeddings." not in name)
+    tokens = (N_SOURCE + N_T1 + N_T2) * SEQ_LEN
+    return tokens * (6 * n + 12 * spec["layers"] * SEQ_LEN * spec["hidden"])
+
+
+def peak_flops() -> float | None:
+    """The device's dense peak FLOP/s for PRECISION: --peak-tflops, else a known card's (None
+    on CPU or an unknown card)."""
+    if PEAK_TFLOPS_FLAG:
+        return PEAK_TFLOPS_FLAG * 1e12
+    if DEVICE.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(DEVICE)
+    card = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return card[PRECISION] * 1e12 if card else None
+
+
+def measure_cuda_memory(config: str, rtn_layer: int, variant: str) -> dict:
+    """Peak allocated CUDA memory over two steps of one variant, from an empty card."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(DEVICE)
+    model, theta_opt, phi_opt = build(config, rtn_layer, structure=structure_of(variant))
+    data = make_data(config)
+    for _ in range(2):
+        run_variant(variant, model, theta_opt, phi_opt, data)
+    peak = torch.cuda.max_memory_allocated(DEVICE) / 2**20
+    del model, theta_opt, phi_opt, data
+    return {"peak_rss_mib": peak, "step_extra_mib": peak}  # same keys as the CPU measurement
 
 
 def _rss_kib() -> int:
@@ -239,8 +302,9 @@ def machine(threads: int) -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+            "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
+            "precision": PRECISION, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def main(argv=None) -> None:
@@ -257,10 +321,19 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared machine, 2-thread OpenMP "
                              "timings swung by several x between rounds)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: steps under torch.autocast(bfloat16) (meant for CUDA)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak TFLOP/s for MFU (default: known cards only)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step_cost.json")
     parser.add_argument("--memory-child", nargs=3, metavar=("CONFIG", "LAYER", "VARIANT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global DEVICE, PRECISION, PEAK_TFLOPS_FLAG
+    DEVICE, PRECISION, PEAK_TFLOPS_FLAG = torch.device(args.device), args.precision, args.peak_tflops
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     if args.memory_child:
         config, layer, variant = args.memory_child
@@ -294,7 +367,9 @@ def main(argv=None) -> None:
         if not args.no_memory and (config != "tiny" or args.quick):
             layer = spec["layers"] // 2
             for variant in args.variants:
-                entry["memory"][variant] = measure_memory(config, layer, variant, args.threads)
+                entry["memory"][variant] = (
+                    measure_cuda_memory(config, layer, variant) if DEVICE.type == "cuda"
+                    else measure_memory(config, layer, variant, args.threads))
             if "joint" in entry["memory"]:
                 joint = entry["memory"]["joint"]
                 for m in entry["memory"].values():
@@ -332,9 +407,9 @@ def _targets(configs: dict) -> dict:
 
 
 def _print_timing(config: str, result: dict) -> None:
-    ratios = result.get("ratio_to_joint", {})
+    ratios, mfu = result.get("ratio_to_joint", {}), result.get("mfu", {})
     cells = "  ".join(f"{v} {result['median_s'][v]:7.3f}s" + (f" ({ratios[v]:.2f}x)" if v in ratios else "")
-                      for v in result["median_s"])
+                      + (f" MFU {mfu[v]:.1%}" if v in mfu else "") for v in result["median_s"])
     print(f"{config:10s} k={result['rtn_layer']:2d}  {cells}", flush=True)
 
 

@@ -1,0 +1,39 @@
+"""bench/step_cost.py still runs (tiny config, one round) and writes what the README quotes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import PROJECT_ROOT
+
+
+def run(*args, tmp_path):
+    out = tmp_path / "step_cost.json"
+    proc = subprocess.run([sys.executable, "bench/step_cost.py", "--quick", "--no-memory",
+                           "--repeats", "1", "--out", str(out), *args],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    return proc, out
+
+
+def test_quick_run_reports_every_variant_with_ratios_and_mfu(tmp_path):
+    variants = ["joint", "metaxl", "truncated", "layers_softmax", "per_source"]
+    proc, out = run("--variants", *variants, "--precision", "bf16", "--peak-tflops", "1",
+                    tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["precision"] == "bf16"
+    for timing in report["configs"]["tiny"]["timing"]:
+        assert set(timing["ratio_to_joint"]) == set(variants)
+        assert timing["ratio_to_joint"]["joint"] == 1.0
+        assert all(0 < m < 1 for m in timing["mfu"].values())
+        assert timing["mfu"]["joint"] > timing["mfu"]["metaxl"], "same FLOPs credited, slower step"
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc, out = run("--device", "cuda", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr and not out.exists()
