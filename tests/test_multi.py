@@ -14,7 +14,7 @@ from metaxl_core.meta import finite_difference_hypergradient, hypergradient, met
 from metaxl_core.model import MetaXLModel
 from metaxl_core.train import SourceSampler, run_trial
 from tests.test_meta import LABELS, LAYERS, batch, make_model, meta_loss_after_virtual_step, tiny_encoder
-from tests.test_train import FILLER, PEOPLE, PLACES
+from tests.test_train import synthetic_split
 
 
 def perturbed_meta_loss(model, phi, direction, eps, source, t1, t2, eta, truncated, source_index):
@@ -172,18 +172,6 @@ def test_learned_sampling_follows_the_reward_by_reinforce():
 
 
 # ------------------------------------------------------------------------------ trials
-def synthetic(rng: random.Random, n: int, swap: bool) -> str:
-    """People and places marked by word lists; `swap` labels them the wrong way round."""
-    per, loc = ("B-LOC", "B-PER") if swap else ("B-PER", "B-LOC")
-    blocks = []
-    for _ in range(n):
-        words = [(w, "O") for w in rng.sample(FILLER, 5)]
-        words.insert(rng.randrange(len(words)), (rng.choice(PEOPLE), per))
-        words.insert(rng.randrange(len(words)), (rng.choice(PLACES), loc))
-        blocks.append("\n".join(f"{w} {t}" for w, t in words))
-    return "\n\n".join(blocks) + "\n"
-
-
 @pytest.fixture(scope="module")
 def three_languages(tmp_path_factory):
     """good and tgt share the labelling; bad swaps PER and LOC (a source that hurts)."""
@@ -193,7 +181,7 @@ def three_languages(tmp_path_factory):
         folder = root / "ner" / "synth" / lang
         folder.mkdir(parents=True)
         for split, n in (("train", 60), ("dev", 20), ("test", 20)):
-            (folder / f"{split}.txt").write_text(synthetic(rng, n, swap), encoding="utf-8")
+            (folder / f"{split}.txt").write_text(synthetic_split(rng, n, swap), encoding="utf-8")
     return root
 
 

@@ -20,13 +20,15 @@ PLACES = ["Lagos", "Kano", "Abuja", "Ibadan", "Enugu", "Jos", "Kaduna", "Warri"]
 FILLER = ["the", "went", "to", "market", "and", "saw", "a", "big", "house", "in", "today"]
 
 
-def synthetic_split(rng: random.Random, n: int) -> str:
-    """Sentences where people and places are marked by their (closed) word lists."""
+def synthetic_split(rng: random.Random, n: int, swap: bool = False) -> str:
+    """Sentences where people and places are marked by their (closed) word lists; `swap`
+    labels them the wrong way round."""
+    per, loc = ("B-LOC", "B-PER") if swap else ("B-PER", "B-LOC")
     blocks = []
     for _ in range(n):
         words = [(w, "O") for w in rng.sample(FILLER, 5)]
-        words.insert(rng.randrange(len(words)), (rng.choice(PEOPLE), "B-PER"))
-        words.insert(rng.randrange(len(words)), (rng.choice(PLACES), "B-LOC"))
+        words.insert(rng.randrange(len(words)), (rng.choice(PEOPLE), per))
+        words.insert(rng.randrange(len(words)), (rng.choice(PLACES), loc))
         blocks.append("\n".join(f"{w} {t}" for w, t in words))
     return "\n\n".join(blocks) + "\n"
 
