@@ -17,8 +17,15 @@ Preset YAML (see bench/presets/cpu.yaml):
     tasks:
       ner:
         trial: {...}                   # TrialConfig fields for this task (win over `trial`)
+        method_trial:                  # optional: TrialConfig fields for one method of this task
+          target_only: {epochs: 9}     #   (win over both; e.g. the same number of updates)
         targets:                       # target -> its sources
           ner:masakhaner2:lug: [ner:conll2003:en, ner:masakhaner2:kin]
+
+`method_trial` exists because target_only steps over the 100 target examples only (10 steps
+per epoch at batch 10) while the other methods step over the source (source_train_size / 10),
+so equal epochs would give target_only fewer updates; a task without it is planned exactly as
+before (same configs, same run keys).
 
 Methods are TrialConfig methods plus `metaxl_trunc` (method metaxl with
 hypergradient: truncated); `metaxl` is the exact hypergradient. `target_only` is run once per
@@ -58,7 +65,7 @@ METHOD_VARIANTS = {
     "metaxl_trunc": {"method": "metaxl", "hypergradient": "truncated"},
 }
 PRESET_KEYS = {"name", "output_dir", "seeds", "methods", "trial", "tasks", "notes", "grid"}
-TASK_KEYS = {"trial", "targets", "test_cap"}
+TASK_KEYS = {"trial", "targets", "test_cap", "method_trial"}
 
 
 def lang(name: str | None) -> str:
@@ -93,6 +100,11 @@ def plan_runs(preset: dict, data_root: str | None = None, out: Path | None = Non
         unknown = sorted(set(spec) - TASK_KEYS)
         if unknown:
             raise ConfigError(f"tasks.{task}: unknown key(s) {unknown}; known: {sorted(TASK_KEYS)}")
+        method_trial = spec.get("method_trial") or {}
+        for method, fields in method_trial.items():
+            if method not in METHOD_VARIANTS or not isinstance(fields, dict):
+                raise ConfigError(f"tasks.{task}.method_trial: {method!r} must be a method of "
+                                  f"{list(METHOD_VARIANTS)} mapped to TrialConfig fields")
         for target, sources in spec["targets"].items():
             sources = [sources] if isinstance(sources, (str, dict)) else list(sources)
             index_file = None
@@ -110,7 +122,8 @@ def plan_runs(preset: dict, data_root: str | None = None, out: Path | None = Non
                     for point in grid_points:
                         for seed in preset["seeds"]:
                             fields = {**(preset.get("trial") or {}), **(spec.get("trial") or {}),
-                                      **point, "task": task, "target": target, "source": source,
+                                      **method_trial.get(method, {}), **point,
+                                      "task": task, "target": target, "source": source,
                                       **METHOD_VARIANTS[method], "seed": int(seed)}
                             if data_root:
                                 fields["data_root"] = data_root

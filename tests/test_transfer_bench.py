@@ -1,0 +1,37 @@
+"""bench/transfer.py planning: the per-method `method_trial` override. Offline, no data read
+(no test_cap), so nothing to skip."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import transfer  # noqa: E402
+from metaxl_core.errors import ConfigError  # noqa: E402
+
+
+def _preset(**ner):
+    return {"name": "t", "seeds": [1, 2], "methods": ["target_only", "joint", "metaxl"],
+            "trial": {"encoder": "tiny-bert", "epochs": 3, "source_train_size": 300},
+            "tasks": {"ner": {"targets": {"ner:masakhaner2:yor": ["ner:conll2003:en"]}, **ner},
+                      "sentiment": {"targets": {"sentiment:afrisenti:swa":
+                                                ["sentiment:afrisenti:hau"]}}}}
+
+
+def test_method_trial_overrides_one_method_and_leaves_other_keys_unchanged():
+    plain = {r["key"]: r for r in transfer.plan_runs(_preset())}
+    runs = transfer.plan_runs(_preset(method_trial={"target_only": {"epochs": 9}}))
+    assert len(runs) == len(plain) == 12
+    for r in runs:
+        expected = 9 if (r["task"], r["method"]) == ("ner", "target_only") else 3
+        assert r["config"].epochs == expected, r["key"]
+        # only the overridden runs get a new key; every other run is resumed, not rerun
+        assert (r["key"] in plain) == ((r["task"], r["method"]) != ("ner", "target_only"))
+
+
+def test_method_trial_rejects_unknown_method():
+    with pytest.raises(ConfigError, match="method_trial"):
+        transfer.plan_runs(_preset(method_trial={"jointt": {"epochs": 9}}))
