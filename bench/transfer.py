@@ -21,6 +21,9 @@ Preset YAML (see bench/presets/cpu.yaml):
           target_only: {epochs: 9}     #   (win over both; e.g. the same number of updates)
         targets:                       # target -> its sources
           ner:masakhaner2:lug: [ner:conll2003:en, ner:masakhaner2:kin]
+          ner:masakhaner2:yor:         # a source entry may name its own methods and fields
+            - {source: "ner:conll2003:en,ner:masakhaner2:ibo", methods: [joint, metaxl],
+               trial: {source_train_size: 150}}
 
 `method_trial` exists because target_only steps over the 100 target examples only (10 steps
 per epoch at batch 10) while the other methods step over the source (source_train_size / 10),
@@ -28,8 +31,9 @@ so equal epochs would give target_only fewer updates; a task without it is plann
 before (same configs, same run keys).
 
 Methods are TrialConfig methods plus `metaxl_trunc` (method metaxl with
-hypergradient: truncated); `metaxl` is the exact hypergradient. `target_only` is run once per
-(target, source) because the NER label set is the one the target shares with the source (an
+hypergradient: truncated); `metaxl` is the exact hypergradient; `metaxl_fd`, `metaxl_layers`,
+`metaxl_softmax` and `metaxl_per_source` are the variants beyond the paper (METHOD_VARIANTS).
+`target_only` is run once per (target, source) because the NER label set is the one the target shares with the source (an
 African source keeps DATE, English does not), so every row of the report compares its methods on
 one label set.
 
@@ -54,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from metaxl_core.config import TrialConfig, load_yaml_mapping  # noqa: E402
+from metaxl_core.config import TrialConfig, load_yaml_mapping, source_label  # noqa: E402
 from metaxl_core.errors import ConfigError, MetaXLError  # noqa: E402
 
 METHOD_VARIANTS = {
@@ -63,13 +67,20 @@ METHOD_VARIANTS = {
     "joint": {"method": "joint"},
     "metaxl": {"method": "metaxl", "hypergradient": "exact"},
     "metaxl_trunc": {"method": "metaxl", "hypergradient": "truncated"},
+    # beyond the paper (bench/presets/cpu-beyond.yaml); the layer variants need rtn_layers
+    # naming two or more layers (method_trial or the entry's trial)
+    "metaxl_fd": {"method": "metaxl", "hypergradient": "finite_difference"},
+    "metaxl_layers": {"method": "metaxl", "rtn_mixing": "sequential"},
+    "metaxl_softmax": {"method": "metaxl", "rtn_mixing": "softmax"},
+    "metaxl_per_source": {"method": "metaxl", "rtn_per_source": True, "source_sampling": "learned"},
 }
+LAYER_VARIANTS = ("metaxl_layers", "metaxl_softmax")
 PRESET_KEYS = {"name", "output_dir", "seeds", "methods", "trial", "tasks", "notes", "grid"}
 TASK_KEYS = {"trial", "targets", "test_cap", "method_trial"}
 
 
 def lang(name: str | None) -> str:
-    return name.split(":")[-1] if name else "none"
+    return source_label(name)
 
 
 def load_preset(path: str | Path) -> dict:
@@ -116,13 +127,14 @@ def plan_runs(preset: dict, data_root: str | None = None, out: Path | None = Non
             for phase, entry in enumerate(sources):
                 source, methods = (entry, preset["methods"]) if isinstance(entry, str) else \
                     (entry["source"], entry.get("methods", preset["methods"]))
+                entry_trial = {} if isinstance(entry, str) else entry.get("trial") or {}
                 for method in methods:
                     if method not in METHOD_VARIANTS:
                         raise ConfigError(f"tasks.{task}: unknown method {method!r}")
                     for point in grid_points:
                         for seed in preset["seeds"]:
                             fields = {**(preset.get("trial") or {}), **(spec.get("trial") or {}),
-                                      **method_trial.get(method, {}), **point,
+                                      **entry_trial, **method_trial.get(method, {}), **point,
                                       "task": task, "target": target, "source": source,
                                       **METHOD_VARIANTS[method], "seed": int(seed)}
                             if data_root:
@@ -130,6 +142,10 @@ def plan_runs(preset: dict, data_root: str | None = None, out: Path | None = Non
                             if index_file:
                                 fields["split_index_file"] = str(index_file)
                             cfg = TrialConfig.from_dict(fields, source=f"preset {task} {target}")
+                            if method in LAYER_VARIANTS and len((cfg.rtn_layers or "").split(",")) < 2:
+                                raise ConfigError(f"tasks.{task} {target}: {method} compares ways of "
+                                                  "combining several RTNs: give rtn_layers such as "
+                                                  "'6,12' in method_trial or the entry's trial")
                             label = ",".join(f"{k}={v}" for k, v in point.items())
                             runs.append({"task": task, "target": target, "source": source,
                                          "method": method, "seed": int(seed), "config": cfg,
