@@ -33,9 +33,9 @@ before (same configs, same run keys).
 Methods are TrialConfig methods plus `metaxl_trunc` (method metaxl with
 hypergradient: truncated); `metaxl` is the exact hypergradient; `metaxl_fd`, `metaxl_layers`,
 `metaxl_softmax` and `metaxl_per_source` are the variants beyond the paper (METHOD_VARIANTS).
-`target_only` is run once per (target, source) because the NER label set is the one the target shares with the source (an
-African source keeps DATE, English does not), so every row of the report compares its methods on
-one label set.
+`target_only` is run once per (target, source) because the NER label set is the one the target
+shares with the source (an African source keeps DATE, English does not), so every row of the
+report compares its methods on one label set.
 
 Resuming: each run carries the tag `run_key` = task|target|source|method|seed|config-hash (the
 hash of the TrialConfig fields that differ from their defaults, and of the test subset); a run
