@@ -121,7 +121,11 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
         "target_lang": search["target"].split(":")[-1], "target": search["target"],
         "encoder": fixed["encoder"], "search": name}, fixed, epochs, error_file)
     resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
-    runnable = tune.with_resources(tune.with_parameters(trainable, fixed=fixed), resources)
+    with_fixed = tune.with_parameters(trainable, fixed=fixed)
+    # Tune registers trainables by name, cluster-wide: concurrent searches sharing one name
+    # would run each other's fixed config (source, method), so each search gets its own.
+    with_fixed.__name__ = search_name(search)
+    runnable = tune.with_resources(with_fixed, resources)
     if resume and tune.Tuner.can_restore(path):  # the restored RunConfig brings its tracker back
         tuner = tune.Tuner.restore(path, runnable, resume_unfinished=True, restart_errored=True)
     else:
