@@ -83,24 +83,34 @@ CONFIGS = {  # layers, hidden, heads, intermediate, vocab; default repeats after
 VARIANTS = ("joint", "metaxl", "truncated", "finite_difference", "reference")
 BEYOND = ("layers_sequential", "layers_softmax", "per_source")  # each needs its own model
 SEQ_LEN, LABELS, RTN_WIDTH = 48, 7, 192
-N_SOURCE, N_T1, N_T2 = 10, 5, 5
+BASE_EXAMPLES = (10, 5, 5)  # source, T1, T2 per step (times --batch-scale)
+N_SOURCE, N_T1, N_T2 = BASE_EXAMPLES
 VIRTUAL_LR, LR, MAX_GRAD_NORM = 1e-4, 2e-5, 1.0
 MEMORY_LAYER = "middle"  # the memory subprocesses use the middle RTN layer
 PEAK_TFLOPS = {"H100": {"bf16": 989.4, "fp32": 66.9}, "H200": {"bf16": 989.4, "fp32": 66.9},
                "A100": {"bf16": 312.0, "fp32": 19.5}, "L4": {"bf16": 121.0, "fp32": 30.3}}
 DEVICE, PRECISION, PEAK_TFLOPS_FLAG = torch.device("cpu"), "fp32", None  # set by main()
+CPU_MEMORY_NOTE = ("fresh subprocess per (config, variant), middle RTN layer, "
+                   "MALLOC_MMAP_THRESHOLD_=65536 so freed memory leaves the RSS; peak_rss = VmHWM "
+                   "(peak RSS) of the whole process after 2 steps; step_extra = peak_rss minus the "
+                   "RSS after the first step (weights + AdamW state)")
+CUDA_MEMORY_NOTE = ("per (config, variant), middle RTN layer, from an emptied cache: "
+                    "torch.cuda.max_memory_allocated over building the model and optimizers and "
+                    "2 steps (weights, AdamW state, gradients, activations); reported as both "
+                    "peak_rss_mib and step_extra_mib")
 
 
 def build(config: str, rtn_layer: int, seed: int = 0, structure: str = "single"):
     """Model and optimizers; `structure` is "single" (one RTN) or one of BEYOND."""
     spec = CONFIGS[config]
     torch.manual_seed(seed)
-    encoder = BertModel(BertConfig(vocab_size=spec["vocab"], hidden_size=spec["hidden"],
-                                   num_hidden_layers=spec["layers"],
-                                   num_attention_heads=spec["heads"],
-                                   intermediate_size=spec["intermediate"],
-                                   max_position_embeddings=512, attn_implementation="sdpa"),
-                        add_pooling_layer=False)
+    with DEVICE:  # initialise on the device: a 278M-parameter CPU init takes seconds
+        encoder = BertModel(BertConfig(vocab_size=spec["vocab"], hidden_size=spec["hidden"],
+                                       num_hidden_layers=spec["layers"],
+                                       num_attention_heads=spec["heads"],
+                                       intermediate_size=spec["intermediate"],
+                                       max_position_embeddings=512, attn_implementation="sdpa"),
+                            add_pooling_layer=False)
     last = spec["layers"]
     layers = rtn_layer if structure in ("single", "per_source") else \
         sorted({rtn_layer if rtn_layer != last else last // 2, last})
@@ -289,7 +299,8 @@ def memory_child(config: str, rtn_layer: int, variant: str, steps: int) -> None:
 def measure_memory(config: str, rtn_layer: int, variant: str, threads: int) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     cmd = [sys.executable, __file__, "--memory-child", config, str(rtn_layer), variant,
-           "--threads", str(threads)]
+           "--threads", str(threads), "--seq-len", str(SEQ_LEN),
+           "--batch-scale", str(N_SOURCE // BASE_EXAMPLES[0])]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -308,6 +319,7 @@ def machine(threads: int) -> dict:
 
 
 def main(argv=None) -> None:
+    global DEVICE, PRECISION, PEAK_TFLOPS_FLAG, SEQ_LEN, N_SOURCE, N_T1, N_T2
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny config only")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS))
@@ -326,12 +338,19 @@ def main(argv=None) -> None:
                         help="bf16: steps under torch.autocast(bfloat16) (meant for CUDA)")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak TFLOP/s for MFU (default: known cards only)")
+    parser.add_argument("--seq-len", type=int, default=SEQ_LEN, help="tokens per sequence")
+    parser.add_argument("--batch-scale", type=int, default=1,
+                        help=f"examples per step times this (default 1: source {N_SOURCE}, "
+                             f"T1 {N_T1}, T2 {N_T2}; a GPU wants larger steps)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step_cost.json")
     parser.add_argument("--memory-child", nargs=3, metavar=("CONFIG", "LAYER", "VARIANT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global DEVICE, PRECISION, PEAK_TFLOPS_FLAG
     DEVICE, PRECISION, PEAK_TFLOPS_FLAG = torch.device(args.device), args.precision, args.peak_tflops
+    if args.seq_len < 2 or args.batch_scale < 1:
+        parser.error("--seq-len must be >= 2 and --batch-scale >= 1")
+    SEQ_LEN = args.seq_len
+    N_SOURCE, N_T1, N_T2 = (n * args.batch_scale for n in BASE_EXAMPLES)
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
@@ -348,11 +367,7 @@ def main(argv=None) -> None:
                   "rtn_width": RTN_WIDTH, "warmup_rounds": args.warmup,
                   "timing": "interleaved rounds (joint, metaxl, truncated, reference); "
                             "ratio_to_joint is the median over rounds of each round's ratio",
-                  "memory": ("fresh subprocess per (config, variant), middle RTN layer, "
-                             "MALLOC_MMAP_THRESHOLD_=65536 so freed memory leaves the RSS; "
-                             "peak_rss = VmHWM (peak RSS) of the whole process after "
-                             "2 steps; step_extra = peak_rss minus the RSS after the first "
-                             "step (weights + AdamW state)")},
+                  "memory": CUDA_MEMORY_NOTE if DEVICE.type == "cuda" else CPU_MEMORY_NOTE},
               "configs": {}}
     for config in configs:
         spec = CONFIGS[config]

@@ -19,6 +19,8 @@ comes from a first-order backward of the hidden states at the RTN site.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -59,7 +61,6 @@ def hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict, virtual_
     finally:
         handle.remove()
     train_loss = loss_source + loss_t1
-    _check_finite(train_loss, "train loss")
     # g with the graph that makes it a function of Φ, for the θ stepped virtually; the θ
     # below the cut get a first-order backward from the hidden states' gradients.
     grads = torch.autograd.grad(train_loss, [theta[n] for n in virtual] + (hidden if below else []),
@@ -74,21 +75,17 @@ def hypergradient(model: MetaXLModel, source: dict, t1: dict, t2: dict, virtual_
     # θ' = θ - η g as fresh leaves: L_meta(θ') is first order (fastest kernels), and its
     # gradient v is pulled back through g alone: dL_meta/dΦ = -η (dg/dΦ)ᵀ v.
     stepped = [n for n in virtual if g_graph[n] is not None and g_graph[n].requires_grad]
-    with torch.no_grad():
-        theta_prime = {n: theta[n] - virtual_lr * g[n] if n in virtual and g[n] is not None
-                       else theta[n].detach() for n in names}
+    theta_prime = _virtual_step(theta, g, [n for n in virtual if g[n] is not None], virtual_lr)
     for n in stepped:
         theta_prime[n].requires_grad_()
     meta_logits = functional_call(model, theta_prime, (t2["input_ids"], t2["attention_mask"]))
     meta_loss = cross_entropy(meta_logits, t2["labels"])
-    _check_finite(meta_loss, "meta loss")
     v = torch.autograd.grad(meta_loss, [theta_prime[n] for n in stepped], allow_unused=True)
     del theta_prime, meta_logits
     pairs = [(g_graph[n], v_n) for n, v_n in zip(stepped, v) if v_n is not None]
     phi_grads = torch.autograd.grad([g_n for g_n, _ in pairs], list(phi.values()),
                                     [v_n for _, v_n in pairs], allow_unused=True)
-    losses = {"loss_source": loss_source.item(), "loss_target": loss_t1.item(),
-              "loss_meta": meta_loss.item(), "grad_alignment": _alignment(g, dict(zip(stepped, v)))}
+    losses = _read_losses(loss_source, loss_t1, meta_loss, _alignment(g, dict(zip(stepped, v))))
     phi_grads = {n: torch.zeros_like(p) if grad is None else -virtual_lr * grad
                  for (n, p), grad in zip(phi.items(), phi_grads)}
     return g, phi_grads, losses
@@ -110,23 +107,21 @@ def finite_difference_hypergradient(model: MetaXLModel, source: dict, t1: dict, 
     loss_t1 = model.loss(t1)
     loss_source = model.loss(source, use_rtn=True, source_index=source_index)
     train_loss = loss_source + loss_t1
-    _check_finite(train_loss, "train loss")
     grads = torch.autograd.grad(train_loss, [theta[n] for n in names], allow_unused=True)
     g = {n: None if grad is None else grad.detach() for n, grad in zip(names, grads)}
     stepped = [n for n in names if g[n] is not None]
-    theta_prime = {n: theta[n].detach() for n in names}
+    theta_prime = _virtual_step(theta, g, stepped, virtual_lr)
     for n in stepped:
-        theta_prime[n] = (theta_prime[n] - virtual_lr * g[n]).requires_grad_()
+        theta_prime[n].requires_grad_()
     meta_logits = functional_call(model, theta_prime, (t2["input_ids"], t2["attention_mask"]))
     meta_loss = cross_entropy(meta_logits, t2["labels"])
-    _check_finite(meta_loss, "meta loss")
     v = torch.autograd.grad(meta_loss, [theta_prime[n] for n in stepped], allow_unused=True)
     v = {n: torch.zeros_like(g[n]) if v_n is None else v_n for n, v_n in zip(stepped, v)}
-    radius = epsilon / torch.sqrt(sum((v_n ** 2).sum() for v_n in v.values())).clamp(min=1e-12)
+    losses = _read_losses(loss_source, loss_t1, meta_loss, _alignment(g, v))
+    radius = epsilon / max(torch.nn.utils.get_total_norm(list(v.values())).item(), 1e-12)
     phi_at = []
     for sign in (1.0, -1.0):
-        shifted = {n: theta[n].detach() + sign * radius * v[n] if n in v else theta[n].detach()
-                   for n in names}
+        shifted = _virtual_step(theta, v, list(v), -sign * radius)
         loss = functional_call(model, shifted, (source["input_ids"], source["attention_mask"]),
                                {"use_rtn": True, "source_index": source_index,
                                 "labels": source["labels"]})
@@ -134,19 +129,40 @@ def finite_difference_hypergradient(model: MetaXLModel, source: dict, t1: dict, 
     phi_grads = {n: torch.zeros_like(p) if plus is None else
                  -virtual_lr * (plus - minus) / (2 * radius)
                  for (n, p), plus, minus in zip(phi.items(), *phi_at)}
-    losses = {"loss_source": loss_source.item(), "loss_target": loss_t1.item(),
-              "loss_meta": meta_loss.item(), "grad_alignment": _alignment(g, v)}
     return g, phi_grads, losses
 
 
-def _alignment(g: dict, v: dict) -> float:
+def _virtual_step(theta: dict, direction: dict, moved: list, lr: float) -> dict:
+    """θ - lr·direction for the names in `moved` (new detached tensors), θ itself (detached)
+    elsewhere. One multi-tensor kernel instead of two per parameter: on a GPU a step this small
+    is bound by kernel launches."""
+    with torch.no_grad():
+        stepped = torch._foreach_add([theta[n] for n in moved], [direction[n] for n in moved],
+                                     alpha=-lr)
+    return {n: p.detach() for n, p in theta.items()} | dict(zip(moved, stepped))
+
+
+def _alignment(g: dict, v: dict) -> torch.Tensor:
     """cos(g, v) over the θ where both exist: how much the step g lowers the meta loss, to first
-    order (L_meta(θ - ηg) ≈ L_meta(θ) - η g·v), on a scale-free [-1, 1]."""
+    order (L_meta(θ - ηg) ≈ L_meta(θ) - η g·v), on a scale-free [-1, 1]. A 0-dim tensor: read
+    with the losses, in the step's one device sync."""
     pairs = [(g[n], v_n) for n, v_n in v.items() if v_n is not None and g.get(n) is not None]
-    dot = sum((g_n * v_n).sum() for g_n, v_n in pairs)
-    norm_g = torch.sqrt(sum((g_n ** 2).sum() for g_n, _ in pairs))
-    norm_v = torch.sqrt(sum((v_n ** 2).sum() for _, v_n in pairs))
-    return float(dot / (norm_g * norm_v).clamp(min=1e-30)) if pairs else 0.0
+    if not pairs:
+        return torch.zeros(())
+    dot = torch.stack([torch.vdot(g_n.flatten(), v_n.flatten()) for g_n, v_n in pairs]).sum()
+    norms = [torch.nn.utils.get_total_norm(side) for side in zip(*pairs)]
+    return dot / (norms[0] * norms[1]).clamp(min=1e-30)
+
+
+def _read_losses(loss_source, loss_t1, meta_loss, alignment) -> dict:
+    """The step's scalars as floats, read in one device sync (one per scalar stalls a GPU
+    step); raises TrainingError, before any parameter moves, on a non-finite loss."""
+    values = torch.stack([t.detach().float().to(loss_source.device)
+                          for t in (loss_source, loss_t1, meta_loss, alignment)]).tolist()
+    losses = dict(zip(("loss_source", "loss_target", "loss_meta", "grad_alignment"), values))
+    _check_finite(losses["loss_source"] + losses["loss_target"], "train loss")
+    _check_finite(losses["loss_meta"], "meta loss")
+    return losses
 
 
 def metaxl_step(model: MetaXLModel, theta_optimizer, phi_optimizer, source: dict, t1: dict,
@@ -178,10 +194,13 @@ def plain_step(model: MetaXLModel, optimizer, batches: list[dict], max_grad_norm
     """One first-order step on the summed loss of `batches` (no RTN): joint and single-language
     training. Φ, when present, gets no gradient and does not change."""
     loss = sum(model.loss(batch) for batch in batches)
-    _check_finite(loss, "train loss")
     loss.backward()
+    value = loss.item()  # after the backward: a sync before it would stall a GPU step
+    if not math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)  # the step stops: drop its gradients
+        _check_finite(value, "train loss")  # raises
     _clip_and_step(model, optimizer, max_grad_norm)
-    return {"loss": loss.item()}
+    return {"loss": value}
 
 
 def _clip_and_step(model: MetaXLModel, optimizer, max_grad_norm: float) -> None:
@@ -192,7 +211,7 @@ def _clip_and_step(model: MetaXLModel, optimizer, max_grad_norm: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _check_finite(loss: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(loss):
-        raise TrainingError(f"non-finite {what} ({loss.item()}): lower the learning rates "
+def _check_finite(loss: float, what: str) -> None:
+    if not math.isfinite(loss):
+        raise TrainingError(f"non-finite {what} ({loss}): lower the learning rates "
                             "or check the data; the trial stops here")
