@@ -6,7 +6,10 @@ scheduling and MLflow logging, for the embedded default sweep.
 Two measurements, each comparing variants in the same run:
 1. one default trial in this process, cold (caches cleared) and warm (encoder and tokenised
    data cached per worker process, as in a sweep that reuses its worker processes);
-2. the whole embedded default sweep with `reuse_actors` true and false: per-trial overhead =
+2. the whole embedded default sweep with `reuse_actors` true and false, and with a checkpoint
+   after every evaluation but the last (`checkpoint_interval_s` 0, as before it became a
+   setting; the default 60 s means the embedded default's 2-s trials never checkpoint, each
+   checkpoint forcing a Tune experiment snapshot): per-trial overhead =
    1 - (training + evaluation seconds) / (seconds from a trial's start to its end, as its
    MLflow run records them), summed over trials; sweep overhead = 1 - (training + evaluation
    seconds) / (sweep wall seconds x trial slots), which adds Ray start-up, idle slots between
@@ -51,12 +54,17 @@ def one_trial(cold: bool) -> dict:
             "overhead": t["setup"] / total}
 
 
-def whole_sweep(reuse: bool, folder: Path) -> dict:
-    """Run `python sweeps/pairs.py` (the embedded default) and split its time."""
-    out = folder / ("reuse" if reuse else "no-reuse")
+def whole_sweep(reuse: bool, folder: Path, checkpoint_interval_s: float | None = None) -> dict:
+    """Run `python sweeps/pairs.py` (the embedded default; `checkpoint_interval_s` overrides
+    its checkpoint interval) and split its time."""
+    variant = f"sweep reuse_actors={reuse}" + (
+        "" if checkpoint_interval_s is None else f" checkpoint_interval_s={checkpoint_interval_s:g}")
+    out = folder / variant.replace(" ", "_")
+    flags = [] if checkpoint_interval_s is None else [
+        "--checkpoint-interval-s", str(checkpoint_interval_s)]
     started = time.perf_counter()
     subprocess.run([sys.executable, "sweeps/pairs.py", "--output-dir", str(out),
-                    "--reuse-actors", str(reuse).lower()], cwd=ROOT, check=True,
+                    "--reuse-actors", str(reuse).lower(), *flags], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -67,7 +75,7 @@ def whole_sweep(reuse: bool, folder: Path) -> dict:
     slots = min(os.cpu_count() or 1, 2) / SweepConfig().cpus_per_trial
     work = sums["train"] + sums["eval"]
     trial_s = sum((r.info.end_time - r.info.start_time) / 1000 for r in runs)
-    return {"variant": f"sweep reuse_actors={reuse}", "trials": len(runs), "wall_s": wall,
+    return {"variant": variant, "trials": len(runs), "wall_s": wall,
             "slots": slots, **{f"{k}_s": v for k, v in sums.items()}, "trial_s": trial_s,
             "trial_overhead": 1 - work / trial_s, "overhead": 1 - work / (wall * slots)}
 
@@ -92,11 +100,12 @@ def main() -> int:
     sweeps = []
     if not args.skip_sweeps:
         with tempfile.TemporaryDirectory() as folder:
-            sweeps = [whole_sweep(True, Path(folder)), whole_sweep(False, Path(folder))]
-        print(f"\n{'whole default sweep':<28} {'wall s':>8} {'trials':>7} {'trial s':>8} "
+            sweeps = [whole_sweep(True, Path(folder)), whole_sweep(True, Path(folder), 0.0),
+                      whole_sweep(False, Path(folder))]
+        print(f"\n{'whole default sweep':<48} {'wall s':>8} {'trials':>7} {'trial s':>8} "
               f"{'train s':>8} {'eval s':>8} {'per trial':>10} {'sweep':>8}")
         for s in sweeps:
-            print(f"{s['variant']:<28} {s['wall_s']:>8.1f} {s['trials']:>7} {s['trial_s']:>8.1f} "
+            print(f"{s['variant']:<48} {s['wall_s']:>8.1f} {s['trials']:>7} {s['trial_s']:>8.1f} "
                   f"{s['train_s']:>8.1f} {s['eval_s']:>8.1f} {s['trial_overhead']:>9.1%} "
                   f"{s['overhead']:>8.1%}")
     result = {"machine": {"cpu": platform.processor() or platform.machine(),

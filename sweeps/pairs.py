@@ -75,9 +75,10 @@ def make_scheduler(sweep: SweepConfig, epochs: int) -> ASHAScheduler:
                          reduction_factor=sweep.reduction_factor)
 
 
-def trainable(config: dict, fixed: dict) -> None:
-    """One Tune trial: run_trial with a checkpoint after every evaluation but the last
-    (resumable)."""
+def trainable(config: dict, fixed: dict, checkpoint_interval_s: float = 0.0) -> None:
+    """One Tune trial: run_trial, checkpointing after an evaluation (never the last) once
+    `checkpoint_interval_s` has passed since the trial's start or last checkpoint, so a
+    preempted trial resumes from there."""
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -86,15 +87,19 @@ def trainable(config: dict, fixed: dict) -> None:
 
     node_id = ray.get_runtime_context().get_node_id()
     epochs = {**fixed, **config}["epochs"]
+    last_checkpoint = time.monotonic()
 
     def report(metrics: dict, state: dict) -> None:
+        nonlocal last_checkpoint
         metrics["node_id"] = node_id  # which cluster node ran the trial (an MLflow tag)
-        if metrics["epoch"] == epochs:  # a finished trial never resumes: no checkpoint (each
-            tune.report(metrics)        # one also forces a Tune experiment-state snapshot)
+        # a finished trial never resumes; each checkpoint also forces a Tune experiment snapshot
+        if metrics["epoch"] == epochs or time.monotonic() - last_checkpoint < checkpoint_interval_s:
+            tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        last_checkpoint = time.monotonic()
 
     run_trial({**fixed, **config}, report, resume_from=resume)
 
@@ -121,7 +126,8 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
         "target_lang": search["target"].split(":")[-1], "target": search["target"],
         "encoder": fixed["encoder"], "search": name}, fixed, epochs, error_file)
     resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
-    with_fixed = tune.with_parameters(trainable, fixed=fixed)
+    with_fixed = tune.with_parameters(trainable, fixed=fixed,
+                                      checkpoint_interval_s=sweep.checkpoint_interval_s)
     # Tune registers trainables by name, cluster-wide: concurrent searches sharing one name
     # would run each other's fixed config (source, method), so each search gets its own.
     with_fixed.__name__ = search_name(search)
@@ -310,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-run each search's best configuration with this many seeds in all")
     p.add_argument("--reuse-actors", type=lambda v: v.lower() in ("1", "true", "yes"),
                    metavar="BOOL", help="reuse warm worker processes between trials (default: true)")
+    p.add_argument("--checkpoint-interval-s", type=float,
+                   help="seconds between a trial's checkpoints (0: after every evaluation)")
     p.add_argument("--data-root")
     p.add_argument("--name")
     return p

@@ -78,6 +78,9 @@ class SweepConfig:
     reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
     max_failures: int = 1  # retries per trial after an error (Ray Tune FailureConfig)
     reuse_actors: bool = True  # run trials in warm worker processes (cached encoder and data)
+    checkpoint_interval_s: float = 60.0  # a trial checkpoints after an evaluation once this long
+    #                                      has passed since its start or last checkpoint (0: every
+    #                                      evaluation); each checkpoint costs a Tune snapshot
     seeds_per_config: int = 1  # >1: re-run each search's best configuration with more seeds
     #                            and report test F1 as mean ± std over them
     data_root: str | None = None
@@ -115,6 +118,8 @@ class SweepConfig:
             raise ConfigError("reduction_factor: must be >= 2")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.max_failures < 0:
             raise ConfigError("cpus_per_trial must be > 0, gpus_per_trial and max_failures >= 0")
+        if self.checkpoint_interval_s < 0:
+            raise ConfigError(f"checkpoint_interval_s: must be >= 0, got {self.checkpoint_interval_s}")
         unknown = sorted(set(self.space) - set(DIMENSIONS))
         if unknown:
             raise ConfigError(f"space: unknown dimension(s) {unknown}; known: {sorted(DIMENSIONS)}")

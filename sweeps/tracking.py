@@ -190,8 +190,7 @@ class MLflowTracker(tune.Callback):
 
         def finish():
             run_id = self._run_id(trial)
-            for key, value in tags.items():
-                self.client.set_tag(run_id, key, value)
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=True), "trial.yaml")
             if history:
                 best = max(history, key=lambda m: (m.get("dev/f1", 0.0), -m["epoch"]))

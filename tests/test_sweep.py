@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -112,6 +113,33 @@ def test_export_picks_the_best_dev_run_and_a_rerun_reproduces_it(finished_sweep,
     rerun = run_trial(TrialConfig.from_yaml(tmp_path / "exports" / "yor.yaml"))
     assert rerun["final"]["test/f1"] == pytest.approx(exported["metrics"]["test_f1"], abs=1e-3)
     assert rerun["final"]["dev/f1"] == pytest.approx(exported["metrics"]["dev_f1"], abs=1e-3)
+
+
+@pytest.mark.parametrize("interval, checkpointed", [
+    (0, [True, True, False]), (25, [False, True, False]), (1000, [False, False, False])])
+def test_trials_checkpoint_once_the_interval_has_passed_and_never_after_the_last_epoch(
+        monkeypatch, interval, checkpointed):
+    from types import SimpleNamespace
+
+    from sweeps import pairs
+    now = {"s": 0.0}
+    reports = []
+    monkeypatch.setattr(pairs.time, "monotonic", lambda: now["s"])
+    monkeypatch.setattr(pairs.ray, "get_runtime_context",
+                        lambda: SimpleNamespace(get_node_id=lambda: "node-1"))
+    monkeypatch.setattr(pairs.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(pairs.tune, "report", lambda metrics, checkpoint=None: reports.append(
+        (metrics["epoch"], metrics["node_id"], checkpoint is not None)))
+
+    def fake_run_trial(cfg, report, resume_from):  # 3 epochs of 15 s each
+        assert resume_from is None
+        for epoch in range(1, cfg["epochs"] + 1):
+            now["s"] += 15.0
+            report({"epoch": epoch}, {"epoch": epoch - 1, "weights": torch.zeros(2)})
+
+    monkeypatch.setattr(pairs, "run_trial", fake_run_trial)
+    pairs.trainable({"lr": 1e-3}, {"epochs": 3}, checkpoint_interval_s=interval)
+    assert reports == [(e, "node-1", c) for e, c in zip((1, 2, 3), checkpointed)]
 
 
 def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_path):

@@ -76,6 +76,7 @@ def test_flags_override_the_file(tmp_path):
     ("trial: {epochs: 0}\n", "epochs: must be > 0"),
     ("trial: {lr: 1.0e-4}\n", "trial: fixes fields the sweep sets itself"),
     ("cpus_per_trial: 0\n", "cpus_per_trial must be > 0"),
+    ("checkpoint_interval_s: -1\n", "checkpoint_interval_s: must be >= 0, got -1"),
     ("space: {source_sampling: [often]}\n", "space.source_sampling: each choice must be one of"),
     ("space: {rtn_per_source: [yes, 'no']}\n", "space.rtn_per_source: each choice must be one of"),
     ("sources: ['ner:conll2003:en,ner-x-y']\n", "'ner-x-y' must look like 'ner:dataset:language'"),
