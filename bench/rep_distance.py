@@ -22,7 +22,6 @@ change ||RTN(h) - h|| / ||h||.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import sys
@@ -36,29 +35,10 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from metaxl_core import data as data_lib  # noqa: E402
 from metaxl_core import train as train_lib  # noqa: E402
-from metaxl_core.encoders import trim_vocabulary  # noqa: E402
-from metaxl_core.model import MetaXLModel  # noqa: E402
 import transfer  # noqa: E402
 
 MAX_TOKENS = 2000  # per set, for the Gaussian MMD (pairwise kernels)
-
-
-def build_model(cfg):
-    """The model exactly as run_trial builds it (same trimmed vocabulary, same seed)."""
-    base, tokenizer = train_lib._cached_encoder(cfg.encoder, cfg.seed)
-    task_data, splits = train_lib._cached_data(train_lib._data_config(cfg), tokenizer)
-    encoder = copy.deepcopy(base)
-    if cfg.trim_vocab:
-        used = {i for split in splits.values() for f in split.features for i in f["input_ids"]}
-        id_map = trim_vocabulary(encoder, used)
-        splits = {name: dataclasses.replace(s, features=train_lib._remap(s.features, id_map))
-                  for name, s in splits.items()}
-    torch.manual_seed(cfg.seed)
-    model = MetaXLModel(encoder, len(task_data.labels), cfg.task,
-                        cfg.insertion_layers(base.config.num_hidden_layers), cfg.rtn_width)
-    return model, splits, data_lib.make_collator(tokenizer, cfg.task)
 
 
 @torch.no_grad()
@@ -139,7 +119,7 @@ def main(argv=None) -> int:
     if args.meta_lr is not None:
         cfg = dataclasses.replace(cfg, meta_lr=args.meta_lr)
     started = time.time()
-    model, splits, collator = build_model(cfg)
+    model, _, splits, collator = train_lib.build_trial(cfg, torch.device("cpu"))
     results = {"run_key": runs[0]["key"], "config": cfg.to_dict(), "init": measure(model, splits,
                                                                                    collator)}
     last = {}

@@ -10,7 +10,8 @@ Run (from the repository root; the full run takes about 12 minutes on 2 shared C
         --out bench/results/step_cost_beyond.json     # the variants beyond the paper
     bash bench/gpu_step_cost.sh                       # on a CUDA machine: fp32 and bf16, MFU
 
-Every variant sees the same 20 examples of 48 tokens per step (NER, 7 labels):
+Every variant sees the same 20 examples of 48 tokens per step (NER, 7 labels; `--seq-len` and
+`--batch-scale` change both for every variant alike):
 
 - `joint`: `plain_step` on [source 10, target 10], SDPA with its fastest kernels;
 - `metaxl`: `metaxl_step`, exact hypergradient, on source 10 + T1 5 + T2 5;
@@ -37,7 +38,7 @@ On CUDA (`--device cuda`, optionally `--precision bf16`: the steps run under
 is `torch.cuda.max_memory_allocated` over two steps of each variant in this process, and the
 table adds model FLOP utilisation: MFU = F / step time / the card's peak FLOP/s, where
 F = tokens x (6 x non-embedding parameters + 12 x layers x sequence length x hidden) is the
-training FLOPs of the joint step's 20 x 48 tokens (Kaplan et al.'s 6N plus attention). Every
+training FLOPs of the joint step's tokens (Kaplan et al.'s 6N plus attention). Every
 variant is credited the same F (equal examples), so a variant's MFU falls by its overhead.
 Peak FLOP/s come from `--peak-tflops` or, for known cards, from PEAK_TFLOPS (dense, no
 sparsity; fp32 without TF32).
@@ -86,7 +87,6 @@ SEQ_LEN, LABELS, RTN_WIDTH = 48, 7, 192
 BASE_EXAMPLES = (10, 5, 5)  # source, T1, T2 per step (times --batch-scale)
 N_SOURCE, N_T1, N_T2 = BASE_EXAMPLES
 VIRTUAL_LR, LR, MAX_GRAD_NORM = 1e-4, 2e-5, 1.0
-MEMORY_LAYER = "middle"  # the memory subprocesses use the middle RTN layer
 PEAK_TFLOPS = {"H100": {"bf16": 989.4, "fp32": 66.9}, "H200": {"bf16": 989.4, "fp32": 66.9},
                "A100": {"bf16": 312.0, "fp32": 19.5}, "L4": {"bf16": 121.0, "fp32": 30.3}}
 DEVICE, PRECISION, PEAK_TFLOPS_FLAG = torch.device("cpu"), "fp32", None  # set by main()

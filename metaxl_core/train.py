@@ -196,6 +196,26 @@ def evaluate(model: MetaXLModel, encoded, collator, labels: list[str], task: str
 
 
 # ---------------------------------------------------------------------------- training
+def build_trial(cfg: TrialConfig, device: torch.device):
+    """The trial's model (seeded, on `device`, its vocabulary trimmed when `trim_vocab`), task
+    data, tokenised splits and collator, exactly as `run_trial` trains them."""
+    base_encoder, tokenizer = _cached_encoder(cfg.encoder, cfg.seed)
+    rtn_layers = cfg.insertion_layers(base_encoder.config.num_hidden_layers)
+    task_data, splits = _cached_data(_data_config(cfg), tokenizer)
+    encoder = copy.deepcopy(base_encoder)
+    if cfg.trim_vocab:
+        used = {i for split in splits.values() for f in split.features for i in f["input_ids"]}
+        id_map = trim_vocabulary(encoder, used)
+        splits = {name: dataclasses.replace(s, features=_remap(s.features, id_map))
+                  for name, s in splits.items()}
+    torch.manual_seed(cfg.seed)
+    model = MetaXLModel(encoder, len(task_data.labels), cfg.task, rtn_layers,
+                        cfg.rtn_width if cfg.method == "metaxl" else None,
+                        rtn_sets=len(cfg.sources) if cfg.rtn_per_source else 1,
+                        rtn_mixing=cfg.rtn_mixing).to(device)
+    return model, task_data, splits, data_lib.make_collator(tokenizer, cfg.task)
+
+
 def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | None = None,
               progress: bool = False) -> dict:
     """Train and evaluate one configuration; returns the results dict (also written to
@@ -213,24 +233,9 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    base_encoder, tokenizer = _cached_encoder(cfg.encoder, cfg.seed)
-    rtn_layers = cfg.insertion_layers(base_encoder.config.num_hidden_layers)
-    task_data, splits = _cached_data(_data_config(cfg), tokenizer)
-    labels = task_data.labels
-    encoder = copy.deepcopy(base_encoder)
-    if cfg.trim_vocab:
-        used = {i for split in splits.values() for f in split.features for i in f["input_ids"]}
-        id_map = trim_vocabulary(encoder, used)
-        splits = {name: dataclasses.replace(s, features=_remap(s.features, id_map))
-                  for name, s in splits.items()}
-    torch.manual_seed(cfg.seed)
-    n_sources = len(cfg.sources)
-    model = MetaXLModel(encoder, len(labels), cfg.task, rtn_layers,
-                        cfg.rtn_width if cfg.method == "metaxl" else None,
-                        rtn_sets=n_sources if cfg.rtn_per_source else 1,
-                        rtn_mixing=cfg.rtn_mixing).to(device)
+    model, task_data, splits, collator = build_trial(cfg, device)
+    labels, rtn_layers, n_sources = task_data.labels, list(model.rtn_layers), len(cfg.sources)
     model.train()
-    collator = data_lib.make_collator(tokenizer, cfg.task)
 
     uses_source = cfg.method != "target_only"
     steps_data = splits["source_train"] if uses_source else splits["target_train"]

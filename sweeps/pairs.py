@@ -32,7 +32,6 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from metaxl_core import data as data_lib
-from metaxl_core.config import split_sources
 from metaxl_core.encoders import load_encoder
 from metaxl_core.errors import MetaXLError
 from metaxl_core.train import run_trial
@@ -86,14 +85,14 @@ def trainable(config: dict, fixed: dict, checkpoint_interval_s: float = 0.0) -> 
             resume = torch.load(Path(folder) / "state.pt", weights_only=True)
 
     node_id = ray.get_runtime_context().get_node_id()
-    epochs = {**fixed, **config}["epochs"]
+    trial = {**fixed, **config}
     last_checkpoint = time.monotonic()
 
     def report(metrics: dict, state: dict) -> None:
         nonlocal last_checkpoint
         metrics["node_id"] = node_id  # which cluster node ran the trial (an MLflow tag)
         # a finished trial never resumes; each checkpoint also forces a Tune experiment snapshot
-        if metrics["epoch"] == epochs or time.monotonic() - last_checkpoint < checkpoint_interval_s:
+        if metrics["epoch"] == trial["epochs"] or time.monotonic() - last_checkpoint < checkpoint_interval_s:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -101,7 +100,7 @@ def trainable(config: dict, fixed: dict, checkpoint_interval_s: float = 0.0) -> 
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         last_checkpoint = time.monotonic()
 
-    run_trial({**fixed, **config}, report, resume_from=resume)
+    run_trial(trial, report, resume_from=resume)
 
 
 def search_name(search: dict) -> str:
@@ -215,8 +214,7 @@ def check_datasets(sweep: SweepConfig) -> None:
     """Fail before launching anything if a target or source cannot be read (unknown dataset
     or language, missing files, hub unreachable): reads each one's dev split."""
     root = data_lib.resolve_data_root(sweep.data_root)
-    for name in dict.fromkeys(sweep.targets + [s for group in sweep.sources
-                                               for s in split_sources(group)]):
+    for name in sweep.datasets():
         data_lib.read_split(data_lib.DataSpec.parse(name), "dev", root)
 
 

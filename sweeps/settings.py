@@ -102,7 +102,7 @@ class SweepConfig:
                 raise ConfigError(f"methods: unknown method {method!r}; known: {METHODS}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods: listed twice in {self.methods}")
-        for spec in self.targets + [s for group in self.sources for s in split_sources(group)]:
+        for spec in self.datasets():
             if spec.count(":") != 2 or spec.split(":")[0] != self.task:
                 raise ConfigError(f"targets/sources: {spec!r} must look like "
                                   f"'{self.task}:dataset:language' (a source set: comma-separated)")
@@ -159,6 +159,11 @@ class SweepConfig:
             raise ConfigError(f"trial: fixes fields the sweep sets itself "
                               f"({searched or 'source/target/method'})")
         self.base_trial(self.targets[0], self.methods[0])  # the fixed trial fields must be valid
+
+    def datasets(self) -> list[str]:
+        """Every dataset the sweep reads, once: the targets, then each source of every set."""
+        return list(dict.fromkeys(self.targets + [s for group in self.sources
+                                                  for s in split_sources(group)]))
 
     def sources_for(self, target: str) -> list[str]:
         """Candidate sources (or source sets) of one target: never one that includes it."""
