@@ -67,10 +67,14 @@ METHOD_VARIANTS = {
     "joint": {"method": "joint"},
     "metaxl": {"method": "metaxl", "hypergradient": "exact"},
     "metaxl_trunc": {"method": "metaxl", "hypergradient": "truncated"},
+    "metaxl_identity": {"method": "metaxl", "rtn_design": "identity"},
+    # controls: the RTN frozen at its initialisation; joint training on T1 only
+    "frozen_rtn": {"method": "frozen_rtn"},
+    "joint_t1": {"method": "joint_t1"},
     # beyond the paper (bench/presets/cpu-beyond.yaml); the layer variants need rtn_layers
     # naming two or more layers (method_trial or the entry's trial)
     "metaxl_fd": {"method": "metaxl", "hypergradient": "finite_difference"},
-    "metaxl_layers": {"method": "metaxl", "rtn_mixing": "sequential"},
+    "metaxl_layers": {"method": "metaxl", "rtn_mixing": "sequential", "rtn_design": "identity"},
     "metaxl_softmax": {"method": "metaxl", "rtn_mixing": "softmax"},
     "metaxl_per_source": {"method": "metaxl", "rtn_per_source": True, "source_sampling": "learned"},
 }

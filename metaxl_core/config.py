@@ -15,11 +15,22 @@ import yaml
 
 from metaxl_core.errors import ConfigError
 
-METHODS = ("metaxl", "joint", "target_only", "source_only")
+# frozen_rtn and joint_t1 are controls for metaxl: the RTN frozen at its initialisation (θ
+# trains on source-through-RTN + T1, no hypergradient), and joint training on the source + T1
+# only (the target examples per step that metaxl's θ sees).
+METHODS = ("metaxl", "joint", "target_only", "source_only", "frozen_rtn", "joint_t1")
+RTN_METHODS = ("metaxl", "frozen_rtn")  # the methods that build an RTN
+SPLIT_TARGET_METHODS = ("metaxl", "frozen_rtn", "joint_t1")  # θ sees T1, not the whole target batch
 HYPERGRADIENTS = ("exact", "truncated", "finite_difference")
 TASKS = ("ner", "sentiment")
 SOURCE_SAMPLING = ("proportional", "uniform", "learned")
 RTN_MIXING = ("sequential", "softmax")
+RTN_DESIGNS = ("official", "identity")
+# The official RTN detaches its input, so a second RTN in the same pass would cut the lower RTN's
+# path to the loss out of the hypergradient: it would no longer be the derivative of the meta loss.
+SEQUENTIAL_OFFICIAL = ("the official RTN design combines several RTN layers only with rtn_mixing "
+                       "softmax (one pass per layer, as released); use rtn_mixing: softmax or "
+                       "rtn_design: identity")
 
 
 def split_sources(source: str | None) -> list[str]:
@@ -57,14 +68,20 @@ class TrialConfig:
 
     # --- method ---
     method: str = "metaxl"
-    # "exact" (second order); "truncated": virtual step only above the RTN; "finite_difference":
-    # first-order DARTS-style estimate (both approximations, cheaper; see metaxl_core.meta)
+    # "exact" (second order); "truncated": virtual step only above the RTN (at the last layer
+    # that is the head alone); "finite_difference": first-order DARTS-style estimate (both
+    # approximations, cheaper; see metaxl_core.meta)
     hypergradient: str = "exact"
+    # "official": the released RTN (ReLU bottleneck d -> b -> d+1 whose last unit gates, Xavier
+    # init, detached input); "identity": tied tanh bottleneck with a separate gate starting at
+    # sigmoid(-3), which starts at and stays near the identity (see metaxl_core.model)
+    rtn_design: str = "official"
     rtn_layer: int | None = None  # 0 = embedding output, L = last layer; None = L
     rtn_layers: str | None = None  # several RTNs, e.g. "0,6,12": one per layer, one pass; replaces rtn_layer
     rtn_width: int = 192  # bottleneck width b of the RTN (d -> b -> d)
     meta_fraction: float = 0.5  # share of each target batch used for the meta loss (T2)
-    virtual_lr: float | None = None  # step size of the virtual update; None = current encoder lr
+    # step size of the virtual update; None = the lr the scheduler applies at that step
+    virtual_lr: float | None = None
     # several RTN layers: "sequential" (one pass, each layer's RTN applied in turn) or "softmax"
     # (one source pass per layer, each with only that layer's RTN; the source loss is the mix of
     # their losses with softmax weights learned as part of Φ, as the original code did)
@@ -81,7 +98,7 @@ class TrialConfig:
     epochs: int = 10
     batch_size: int = 10
     lr: float = 3e-5  # inner (encoder + head) learning rate, AdamW
-    meta_lr: float = 1e-6  # outer (RTN) learning rate, Adam
+    meta_lr: float = 1e-6  # outer (RTN) learning rate, Adam, with the same warm-up and decay as lr
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping
@@ -123,6 +140,8 @@ class TrialConfig:
                    f"'learned' follows the meta-gradient, so it needs method metaxl, not {self.method!r}")
         _check(math.isfinite(self.sampling_lr) and self.sampling_lr >= 0, "sampling_lr",
                f"must be >= 0, got {self.sampling_lr}")
+        _check(self.rtn_design in RTN_DESIGNS, "rtn_design",
+               f"must be one of {RTN_DESIGNS}, got {self.rtn_design!r}")
         _check(self.rtn_mixing in RTN_MIXING, "rtn_mixing",
                f"must be one of {RTN_MIXING}, got {self.rtn_mixing!r}")
         for name in ("source_train_size", "target_train_size", "max_seq_length", "epochs",
@@ -140,6 +159,8 @@ class TrialConfig:
                    f"must be comma-separated layer numbers like '0,6,12', got {self.rtn_layers!r}")
             _check(len(set(map(int, parts))) == len(parts), "rtn_layers",
                    f"lists a layer twice: {self.rtn_layers!r}")
+            _check(not (self.rtn_design == "official" and self.rtn_mixing == "sequential"
+                        and len(parts) > 1), "rtn_layers", SEQUENTIAL_OFFICIAL)
         for name in ("lr", "meta_lr", "weight_decay", "max_grad_norm"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, name, f"must be >= 0, got {value}")
@@ -149,8 +170,9 @@ class TrialConfig:
                    f"must be > 0 or null, got {self.virtual_lr}")
         _check(0 < self.meta_fraction < 1, "meta_fraction", f"must be in (0, 1), got {self.meta_fraction}")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        if self.method == "metaxl":
-            _check(self.batch_size >= 2, "batch_size", "must be >= 2 for metaxl (T1 and T2 halves)")
+        if self.method in SPLIT_TARGET_METHODS:
+            _check(self.batch_size >= 2, "batch_size",
+                   f"must be >= 2 for {self.method} (T1 and T2 parts of the target batch)")
         _check(self.label_schema in ("shared",), "label_schema", "must be 'shared'")
         _check(self.sentiment_labels in ("binary", "3way"), "sentiment_labels",
                f"must be 'binary' or '3way', got {self.sentiment_labels!r}")

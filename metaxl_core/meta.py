@@ -100,12 +100,18 @@ def finite_difference_hypergradient(model: MetaXLModel, source: dict, t1: dict, 
     the mixed second derivative times v is a central difference of two first-order Φ
     gradients of the source loss, at θ ± r v with r = epsilon / |v|. Error O(r²); costs two
     extra first-order passes over the source batch instead of a double backward, and every
-    pass can use the fused attention kernels. Same return values as `hypergradient`.
+    pass can use the fused attention kernels. Both passes replay the random state of the first
+    source pass, so they draw its dropout masks (with independent masks the difference would be
+    dominated by mask noise divided by 2r), and an input-detaching (official) RTN transforms the
+    first pass's input in them, so θ ± r v moves the hidden states only where autograd sees θ
+    act through the detach. Same return values as `hypergradient`.
     """
     theta, phi = model.theta(), model.phi(source_index)
     names = list(theta)
     loss_t1 = model.loss(t1)
-    loss_source = model.loss(source, use_rtn=True, source_index=source_index)
+    before_source = _rng_state(source["input_ids"].device)
+    with model.recording_rtn_inputs() as rtn_inputs:
+        loss_source = model.loss(source, use_rtn=True, source_index=source_index)
     train_loss = loss_source + loss_t1
     grads = torch.autograd.grad(train_loss, [theta[n] for n in names], allow_unused=True)
     g = {n: None if grad is None else grad.detach() for n, grad in zip(names, grads)}
@@ -119,17 +125,34 @@ def finite_difference_hypergradient(model: MetaXLModel, source: dict, t1: dict, 
     v = {n: torch.zeros_like(g[n]) if v_n is None else v_n for n, v_n in zip(stepped, v)}
     losses = _read_losses(loss_source, loss_t1, meta_loss, _alignment(g, v))
     radius = epsilon / max(torch.nn.utils.get_total_norm(list(v.values())).item(), 1e-12)
+    after_meta = _rng_state(source["input_ids"].device)
     phi_at = []
     for sign in (1.0, -1.0):
+        _set_rng_state(before_source)  # the first source pass's dropout masks
         shifted = _virtual_step(theta, v, list(v), -sign * radius)
-        loss = functional_call(model, shifted, (source["input_ids"], source["attention_mask"]),
-                               {"use_rtn": True, "source_index": source_index,
-                                "labels": source["labels"]})
+        with model.holding_rtn_inputs(rtn_inputs):
+            loss = functional_call(model, shifted, (source["input_ids"], source["attention_mask"]),
+                                   {"use_rtn": True, "source_index": source_index,
+                                    "labels": source["labels"]})
         phi_at.append(torch.autograd.grad(loss, list(phi.values()), allow_unused=True))
+    _set_rng_state(after_meta)  # later draws continue as if the replays had not happened
     phi_grads = {n: torch.zeros_like(p) if plus is None else
                  -virtual_lr * (plus - minus) / (2 * radius)
                  for (n, p), plus, minus in zip(phi.items(), *phi_at)}
     return g, phi_grads, losses
+
+
+def _rng_state(device: torch.device) -> tuple:
+    """The random state dropout draws from on `device` (CPU's, and the CUDA device's)."""
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None, device)
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda, device = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def _virtual_step(theta: dict, direction: dict, moved: list, lr: float) -> dict:
@@ -190,10 +213,14 @@ def metaxl_step(model: MetaXLModel, theta_optimizer, phi_optimizer, source: dict
     return losses
 
 
-def plain_step(model: MetaXLModel, optimizer, batches: list[dict], max_grad_norm: float) -> dict:
+def plain_step(model: MetaXLModel, optimizer, batches: list[dict], max_grad_norm: float, *,
+               rtn_batch: dict | None = None, source_index: int = 0) -> dict:
     """One first-order step on the summed loss of `batches` (no RTN): joint and single-language
-    training. Φ, when present, gets no gradient and does not change."""
+    training. `rtn_batch` adds a batch sent through the RTNs of source `source_index` (the
+    frozen-RTN control). Φ is not stepped and does not change."""
     loss = sum(model.loss(batch) for batch in batches)
+    if rtn_batch is not None:
+        loss = loss + model.loss(rtn_batch, use_rtn=True, source_index=source_index)
     loss.backward()
     value = loss.item()  # after the backward: a sync before it would stall a GPU step
     if not math.isfinite(value):

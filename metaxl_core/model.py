@@ -15,12 +15,15 @@ for it (`use_rtn=True`, source batches in training); evaluation never does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from metaxl_core.config import SEQUENTIAL_OFFICIAL
 
 RTN_PREFIX = "rtn"  # the RTN modules ("rtn.") and their mixing weights ("rtn_mix.")
 
@@ -31,12 +34,39 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=-100)
 
 
-class RTN(nn.Module):
-    """Representation transformation network: h + gate(h) * (W^T tanh(W h + b) + c).
+class OfficialRTN(nn.Module):
+    """The released MetaXL RTN (`Raptors`, struct "perceptron", add_weights, tied):
+    h + σ(o_d) · o_{1..d} with o = W₂ ReLU(W₁ h̄ + b₁) + b₂, W₂: b -> d+1, h̄ = h detached.
 
-    A bottleneck MLP d -> b -> d with tied weights (the decoder is the encoder's transpose)
-    and a per-token sigmoid gate computed from h: the paper's "perceptron, tied, add weights"
-    setting. The gate starts near 0, so the RTN starts near the identity.
+    The last output unit is a per-token gate; both weight matrices are Xavier-normal, the
+    biases zero, so the RTN starts as a sizeable perturbation (the gate near 0.5), not the
+    identity. Its input is detached, as released: θ below the RTN gets gradient through the
+    identity path only.
+    """
+
+    def __init__(self, hidden_size: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.ReLU(),
+                                 nn.Linear(width, hidden_size + 1))
+        for layer in (self.net[0], self.net[2]):
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    detaches_input = True
+
+    def forward(self, hidden: torch.Tensor, held_input: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d). `held_input` replaces h inside the transformation (see
+        `MetaXLModel.holding_rtn_inputs`); the identity path always takes `hidden`."""
+        out = self.net((hidden if held_input is None else held_input).detach())
+        return hidden + torch.sigmoid(out[..., -1:]) * out[..., :-1]
+
+
+class IdentityRTN(nn.Module):
+    """This project's earlier RTN: h + σ(g·h + c) · (Wᵀ tanh(W h + b) + e).
+
+    Tied weights (the decoder is the encoder's transpose), tanh, a separate gate whose bias
+    starts at -3 (σ ≈ 0.05) and small weights (std 0.02): it starts at, and at small meta_lr
+    stays near, the identity. Its input is not detached.
     """
 
     def __init__(self, hidden_size: int, width: int):
@@ -47,11 +77,16 @@ class RTN(nn.Module):
         nn.init.normal_(self.down.weight, std=0.02)
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, -3.0)  # sigmoid(-3) ~ 0.05: near identity
+        nn.init.constant_(self.gate.bias, -3.0)
+
+    detaches_input = False
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
         update = F.linear(torch.tanh(self.down(hidden)), self.down.weight.t(), self.up_bias)
         return hidden + torch.sigmoid(self.gate(hidden)) * update
+
+
+RTN_CLASSES = {"official": OfficialRTN, "identity": IdentityRTN}  # by config.RTN_CLASSES name
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
@@ -78,19 +113,22 @@ class MetaXLModel(nn.Module):
         rtn_mixing: with several layers, "sequential" applies every layer's RTN in one pass,
             lowest first; "softmax" runs one pass per layer with only that layer's RTN and
             mixes their losses with softmax weights (`rtn_mix`, part of Φ).
+        rtn_design: "official" (`OfficialRTN`, as released) or "identity" (`IdentityRTN`).
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, task: str,
                  rtn_layer: int | Sequence[int], rtn_width: int | None, *, rtn_sets: int = 1,
-                 rtn_mixing: str = "sequential"):
+                 rtn_mixing: str = "sequential", rtn_design: str = "official"):
         super().__init__()
         n_layers = encoder.config.num_hidden_layers
         layers = sorted({rtn_layer} if isinstance(rtn_layer, int) else set(rtn_layer))
         if not layers or not all(0 <= k <= n_layers for k in layers):
             raise ValueError(f"RTN layers must be in 0..{n_layers}, got {rtn_layer}")
-        if rtn_mixing not in ("sequential", "softmax") or rtn_sets < 1:
-            raise ValueError(f"rtn_mixing must be sequential or softmax and rtn_sets >= 1, got "
-                             f"{rtn_mixing!r}, {rtn_sets}")
+        if rtn_mixing not in ("sequential", "softmax") or rtn_sets < 1 or rtn_design not in RTN_CLASSES:
+            raise ValueError(f"rtn_mixing must be sequential or softmax, rtn_sets >= 1 and rtn_design "
+                             f"one of {list(RTN_CLASSES)}, got {rtn_mixing!r}, {rtn_sets}, {rtn_design!r}")
+        if rtn_design == "official" and rtn_mixing == "sequential" and len(layers) > 1:
+            raise ValueError(SEQUENTIAL_OFFICIAL)
         self.encoder = encoder
         self.task = task
         self.rtn_layers = tuple(layers)
@@ -104,7 +142,7 @@ class MetaXLModel(nn.Module):
         nn.init.zeros_(self.classifier.bias)
         self.rtn = self.rtn_mix = None
         if rtn_width:
-            self.rtn = nn.ModuleDict({self._rtn_key(k, s): RTN(hidden, rtn_width)
+            self.rtn = nn.ModuleDict({self._rtn_key(k, s): RTN_CLASSES[rtn_design](hidden, rtn_width)
                                       for s in range(rtn_sets) for k in layers})
             for k in layers:
                 self.rtn_site(k).register_forward_hook(functools.partial(self._apply_rtn, k))
@@ -113,6 +151,7 @@ class MetaXLModel(nn.Module):
                                                  for s in range(rtn_sets)})
         self._active_layers: tuple[int, ...] = ()  # set for the duration of one forward
         self._active_set = 0
+        self._rtn_inputs: dict[int, torch.Tensor] | None = None  # see holding_rtn_inputs
 
     def _rtn_key(self, layer: int, rtn_set: int) -> str:
         """ModuleDict key of one RTN: "12" when shared, "12_s1" for source 1's own."""
@@ -137,9 +176,10 @@ class MetaXLModel(nn.Module):
         if layer not in self._active_layers:
             return output
         rtn = self.rtn[self._rtn_key(layer, self._active_set)]
-        if isinstance(output, tuple):  # older transformers layers return (hidden, ...)
-            return (rtn(output[0]),) + output[1:]
-        return rtn(output)
+        hidden = output[0] if isinstance(output, tuple) else output  # older layers: (hidden, ...)
+        held = self._rtn_inputs.get(layer) if self._rtn_inputs is not None else None
+        transformed = rtn(hidden) if held is None else rtn(hidden, held)
+        return (transformed,) + output[1:] if isinstance(output, tuple) else transformed
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 use_rtn: bool = False, source_index: int = 0,
@@ -195,6 +235,57 @@ class MetaXLModel(nn.Module):
         above = {id(p) for layer in list(layers)[self.rtn_layer:] for p in layer.parameters()}
         above |= {id(p) for p in self.classifier.parameters()}
         return [n for n, p in self.theta().items() if id(p) in above]
+
+    @contextlib.contextmanager
+    def recording_rtn_inputs(self):
+        """Yield a dict that the block's forward passes fill with each input-detaching RTN's
+        input (layer -> detached tensor), for `holding_rtn_inputs`."""
+        inputs: dict[int, torch.Tensor] = {}
+        hooks = [self.rtn[self._rtn_key(k, s)].register_forward_hook(
+            lambda module, args, out, k=k: inputs.__setitem__(k, args[0].detach()))
+            for k in self.rtn_layers for s in range(self.rtn_sets)
+            if self.rtn[self._rtn_key(k, s)].detaches_input]
+        try:
+            yield inputs
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    @contextlib.contextmanager
+    def holding_rtn_inputs(self, inputs: dict[int, torch.Tensor]):
+        """Within the block each input-detaching RTN transforms the recorded `inputs` instead of
+        the current hidden states: θ moves the hidden states only through the identity path, as
+        autograd sees it through the detach (the first-order hypergradient needs this)."""
+        self._rtn_inputs = inputs
+        try:
+            yield
+        finally:
+            self._rtn_inputs = None
+
+    @torch.no_grad()
+    def rtn_movement(self, batch: dict, source_index: int = 0) -> dict[int, float]:
+        """Per RTN layer, how far the RTN moves this batch's hidden states: the mean over real
+        tokens of ||RTN(h) - h|| / ||h||, in eval mode (no dropout). 0 means the identity."""
+        sums: dict[int, float] = {}
+        mask = batch["attention_mask"].bool()
+        hooks = []
+        for layer in self.rtn_layers:
+            def record(module, inputs, output, layer=layer):
+                change = (output - inputs[0]).norm(dim=-1) / inputs[0].norm(dim=-1).clamp(min=1e-12)
+                sums[layer] = change[mask].mean().item()
+            hooks.append(self.rtn[self._rtn_key(layer, self._rtn_set(source_index))]
+                         .register_forward_hook(record))
+        was_training = self.training
+        self.eval()
+        try:
+            for layer in self.rtn_layers:  # one pass per layer: each sees the RTN input alone
+                self._logits(batch["input_ids"], batch["attention_mask"], (layer,),
+                             self._rtn_set(source_index))
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train(was_training)
+        return sums
 
     def exportable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained model without the RTN: the RTN is a training-time meta-parameter."""

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from metaxl_core import data as data_lib
-from metaxl_core.config import TrialConfig
+from metaxl_core.config import RTN_METHODS, SPLIT_TARGET_METHODS, TrialConfig
 from metaxl_core.encoders import load_encoder, trim_vocabulary
 from metaxl_core.errors import MetaXLError
 from metaxl_core.meta import metaxl_step, plain_step
@@ -171,6 +171,37 @@ def _to(batch: dict, device: torch.device) -> dict:
             if k in ("input_ids", "attention_mask", "labels")}
 
 
+MOVEMENT_BATCH_SIZE = 32
+
+
+def _movement_batches(cfg: TrialConfig, model: MetaXLModel, source, sizes: list[int], collator,
+                      device) -> list[tuple[int, dict]]:
+    """Fixed source batches on which `_rtn_movement` is measured: the first sentences of each
+    source (through its own RTNs when there is one set per source); none without an RTN."""
+    if model.rtn is None:
+        return []
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [(i, _to(collator(source.features[start:start + min(MOVEMENT_BATCH_SIZE, size)]), device))
+            for i, (start, size) in enumerate(zip(starts, sizes))
+            if model.rtn_sets > 1 or i == 0]
+
+
+def _rtn_movement(model: MetaXLModel, batches: list[tuple[int, dict]]) -> dict[str, float]:
+    """`rtn/movement`: the mean relative change ||RTN(h) - h|| / ||h|| the RTNs make to the fixed
+    source batches (0 = identity), and `rtn/movement_L<k>` per layer when there are several."""
+    per_layer: dict[int, list[float]] = {}
+    for source_index, batch in batches:
+        for layer, value in model.rtn_movement(batch, source_index).items():
+            per_layer.setdefault(layer, []).append(value)
+    if not per_layer:
+        return {}
+    means = {layer: sum(v) / len(v) for layer, v in per_layer.items()}
+    out = {"rtn/movement": sum(means.values()) / len(means)}
+    if len(means) > 1:
+        out.update({f"rtn/movement_L{layer}": value for layer, value in means.items()})
+    return out
+
+
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
@@ -210,9 +241,12 @@ def build_trial(cfg: TrialConfig, device: torch.device):
                   for name, s in splits.items()}
     torch.manual_seed(cfg.seed)
     model = MetaXLModel(encoder, len(task_data.labels), cfg.task, rtn_layers,
-                        cfg.rtn_width if cfg.method == "metaxl" else None,
+                        cfg.rtn_width if cfg.method in RTN_METHODS else None,
                         rtn_sets=len(cfg.sources) if cfg.rtn_per_source else 1,
-                        rtn_mixing=cfg.rtn_mixing).to(device)
+                        rtn_mixing=cfg.rtn_mixing, rtn_design=cfg.rtn_design).to(device)
+    if cfg.method == "frozen_rtn":
+        for param in model.phi().values():
+            param.requires_grad_(False)
     return model, task_data, splits, data_lib.make_collator(tokenizer, cfg.task)
 
 
@@ -245,8 +279,15 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     theta_opt = torch.optim.AdamW(model.theta().values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(theta_opt, int(cfg.warmup_ratio * total_steps),
                                                 total_steps)
-    phi_opt = (torch.optim.Adam(model.phi().values(), lr=cfg.meta_lr)
-               if cfg.method == "metaxl" else None)
+    phi_opt = phi_scheduler = None
+    if cfg.method == "metaxl":  # as released: Φ's lr has the same warm-up and decay as θ's
+        phi_opt = torch.optim.Adam(model.phi().values(), lr=cfg.meta_lr)
+        phi_scheduler = get_linear_schedule_with_warmup(phi_opt, int(cfg.warmup_ratio * total_steps),
+                                                        total_steps)
+
+    movement_batches = _movement_batches(cfg, model, steps_data, task_data.source_sizes, collator,
+                                         device)
+    movement_init = _rtn_movement(model, movement_batches)
 
     history: list[dict] = []
     first_epoch = 0
@@ -256,13 +297,14 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         scheduler.load_state_dict(resume_from["scheduler"])
         if phi_opt is not None:
             phi_opt.load_state_dict(resume_from["phi_optimizer"])
+            phi_scheduler.load_state_dict(resume_from["phi_scheduler"])
         if sampler is not None:
             sampler.load_state_dict(resume_from["sampler"])
         torch.set_rng_state(resume_from["torch_rng"])
         history = list(resume_from["history"])
         first_epoch = resume_from["epoch"] + 1
 
-    n_meta = max(1, round(cfg.batch_size * cfg.meta_fraction))
+    n_meta = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * cfg.meta_fraction)))
     timing = {"time/setup_s": time.perf_counter() - started, "time/train_s": 0.0, "time/eval_s": 0.0}
     for epoch in range(first_epoch, cfg.epochs):
         epoch_started = time.perf_counter()
@@ -280,16 +322,23 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         losses: dict[str, float] = {}
         for source_index, batch in bar:
             batch = _to(batch, device)
-            if cfg.method == "metaxl":
+            if cfg.method in SPLIT_TARGET_METHODS:
                 target = next(target_batches)
                 t1 = _to(collator(target[:cfg.batch_size - n_meta]), device)
+            if cfg.method == "metaxl":
                 t2 = _to(collator(target[cfg.batch_size - n_meta:]), device)
                 step = metaxl_step(model, theta_opt, phi_opt, batch, t1, t2,
-                                   virtual_lr=cfg.virtual_lr or cfg.lr,
+                                   virtual_lr=cfg.virtual_lr or scheduler.get_last_lr()[0],
                                    mode=cfg.hypergradient,
                                    max_grad_norm=cfg.max_grad_norm, source_index=source_index)
                 if sampler is not None:
                     sampler.update(source_index, step["grad_alignment"])
+                phi_scheduler.step()
+            elif cfg.method == "frozen_rtn":
+                step = plain_step(model, theta_opt, [t1], cfg.max_grad_norm, rtn_batch=batch,
+                                  source_index=source_index)
+            elif cfg.method == "joint_t1":
+                step = plain_step(model, theta_opt, [batch, t1], cfg.max_grad_norm)
             elif cfg.method == "joint":
                 target = _to(collator(next(target_batches)), device)
                 step = plain_step(model, theta_opt, [batch, target], cfg.max_grad_norm)
@@ -300,7 +349,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                 losses[key] = losses.get(key, 0.0) + value / steps_per_epoch
             bar.set_postfix({k: f"{v:.3f}" for k, v in step.items()})
         metrics = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in losses.items()},
-                   **(sampler.metrics() if sampler is not None else {})}
+                   **(sampler.metrics() if sampler is not None else {}),
+                   **_rtn_movement(model, movement_batches)}
         eval_started = time.perf_counter()
         timing["time/train_s"] += eval_started - epoch_started
         for split in ("dev", "test"):
@@ -316,6 +366,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                 "epoch": epoch, "history": history, "model": model.state_dict(),
                 "theta_optimizer": theta_opt.state_dict(), "scheduler": scheduler.state_dict(),
                 "phi_optimizer": phi_opt.state_dict() if phi_opt is not None else None,
+                "phi_scheduler": phi_scheduler.state_dict() if phi_opt is not None else None,
                 "sampler": sampler.state_dict() if sampler is not None else None,
                 "torch_rng": torch.get_rng_state(),
             })
@@ -330,6 +381,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
             f"{name}_size": len(s.features) for name, s in splits.items()},
             "truncated": {name: s.n_truncated for name, s in splits.items()},
             "unk_words": {name: s.n_unk_words for name, s in splits.items()}},
+        "rtn_movement_init": movement_init,
         "history": history,
         "best_epoch": best["epoch"],
         "final": {k: v for k, v in best.items() if k.startswith(("dev/", "test/"))},

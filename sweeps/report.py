@@ -43,15 +43,18 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from metaxl_core.config import source_label  # noqa: E402
 
-METHOD_ORDER = ["target_only", "source_only", "joint", "metaxl", "metaxl_trunc", "metaxl_fd",
-                "metaxl_layers", "metaxl_softmax", "metaxl_per_source"]
+METHOD_ORDER = ["target_only", "source_only", "joint", "joint_t1", "metaxl", "metaxl_identity",
+                "frozen_rtn", "metaxl_trunc", "metaxl_fd", "metaxl_layers", "metaxl_softmax",
+                "metaxl_per_source"]
 METHOD_TITLES = {"target_only": "target only", "source_only": "source only", "joint": "joint (JT)",
-                 "metaxl": "MetaXL exact", "metaxl_trunc": "MetaXL truncated",
+                 "joint_t1": "JT on T1 (control)", "metaxl": "MetaXL exact",
+                 "metaxl_identity": "MetaXL identity RTN", "frozen_rtn": "frozen RTN (control)",
+                 "metaxl_trunc": "MetaXL truncated",
                  "metaxl_fd": "MetaXL first-order (FD)", "metaxl_layers": "MetaXL 2 RTNs sequential",
                  "metaxl_softmax": "MetaXL 2 RTNs softmax-mixed",
                  "metaxl_per_source": "MetaXL RTN per source, learned sampling"}
 TASK_ORDER = ["ner", "sentiment"]
-GAIN_METHODS = [m for m in METHOD_ORDER if m.startswith("metaxl")]
+GAIN_METHODS = [m for m in METHOD_ORDER if m.startswith("metaxl") or m in ("frozen_rtn", "joint_t1")]
 # secondary test metrics shown as extra tables when the runs logged them (final/test/...);
 # binary sentiment's headline `f1` is the positive-class F1, so macro-F1 and accuracy matter
 EXTRA_METRICS = {"sentiment": ["test/macro_f1", "test/acc"]}
@@ -68,6 +71,8 @@ def method_label(tags: dict, params: dict) -> str:
     hyper = tags.get("hypergradient") or params.get("hypergradient")
     if method == "metaxl" and hyper == "truncated":
         return "metaxl_trunc"
+    if method == "metaxl" and (tags.get("rtn_design") or params.get("rtn_design")) == "identity":
+        return "metaxl_identity"
     return method
 
 

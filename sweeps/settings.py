@@ -20,23 +20,26 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from metaxl_core.config import (METHODS, RTN_MIXING, SOURCE_SAMPLING, TASKS, TrialConfig,
-                                 load_yaml_mapping, split_sources)
+from metaxl_core.config import (METHODS, RTN_DESIGNS, RTN_METHODS, RTN_MIXING, SOURCE_SAMPLING,
+                                 TASKS, TrialConfig, load_yaml_mapping, split_sources)
 from metaxl_core.errors import ConfigError
 
-# Searched dimensions and the methods that have them.
-DIMENSIONS = {"rtn_width": ("metaxl",), "rtn_layer": ("metaxl",), "rtn_layers": ("metaxl",),
-              "lr": METHODS, "meta_lr": ("metaxl",), "rtn_mixing": ("metaxl",),
-              "rtn_per_source": ("metaxl",), "source_sampling": ("metaxl",)}
+# Searched dimensions and the methods that have them (the frozen-RTN control has every RTN
+# dimension but meta_lr; learned source sampling follows the meta-gradient, so metaxl only).
+DIMENSIONS = {"rtn_width": RTN_METHODS, "rtn_layer": RTN_METHODS, "rtn_layers": RTN_METHODS,
+              "rtn_design": RTN_METHODS, "lr": METHODS, "meta_lr": ("metaxl",),
+              "rtn_mixing": RTN_METHODS, "rtn_per_source": RTN_METHODS,
+              "source_sampling": ("metaxl",)}
 # Dimensions searched as a categorical choice among the listed values, and the values allowed.
 CHOICES = {"rtn_mixing": RTN_MIXING, "rtn_per_source": (False, True),
-           "source_sampling": SOURCE_SAMPLING}
+           "source_sampling": SOURCE_SAMPLING, "rtn_design": RTN_DESIGNS}
 
 DEFAULT_SPACE = {
     "rtn_width": [64, 128, 192, 384, 768],  # a categorical choice
     "rtn_layer": [0, None],  # integer bounds; None = the encoder's last layer
     # or, instead of rtn_layer, insertion sets: "rtn_layers": ["12", "0,12", "6,12"]
-    # with several layers or sources also (categorical): "rtn_mixing": ["sequential", "softmax"],
+    # also (categorical): "rtn_design": ["official", "identity"]; with several layers or sources
+    # "rtn_mixing": ["sequential", "softmax"],
     # "rtn_per_source": [false, true], "source_sampling": ["proportional", "uniform", "learned"]
     "lr": [1e-5, 1e-4],  # log-uniform bounds
     "meta_lr": [1e-7, 1e-3],  # log-uniform bounds

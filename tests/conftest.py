@@ -1,6 +1,7 @@
 """Test-wide settings: offline, quiet, nothing written to $HOME."""
 
 import os
+import random
 import tempfile
 from pathlib import Path
 
@@ -33,3 +34,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (see README: Data)")
     return SHARED_DATA
+
+
+PEOPLE = ["Ade", "Bola", "Chidi", "Dayo", "Emeka", "Funmi", "Gbenga", "Halima"]
+PLACES = ["Lagos", "Kano", "Abuja", "Ibadan", "Enugu", "Jos", "Kaduna", "Warri"]
+FILLER = ["the", "went", "to", "market", "and", "saw", "a", "big", "house", "in", "today"]
+
+
+def synthetic_split(rng: random.Random, n: int, swap: bool = False) -> str:
+    """Sentences where people and places are marked by their (closed) word lists; `swap`
+    labels them the wrong way round."""
+    per, loc = ("B-LOC", "B-PER") if swap else ("B-PER", "B-LOC")
+    blocks = []
+    for _ in range(n):
+        words = [(w, "O") for w in rng.sample(FILLER, 5)]
+        words.insert(rng.randrange(len(words)), (rng.choice(PEOPLE), per))
+        words.insert(rng.randrange(len(words)), (rng.choice(PLACES), loc))
+        blocks.append("\n".join(f"{w} {t}" for w, t in words))
+    return "\n\n".join(blocks) + "\n"
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    for lang in ("aa", "bb"):
+        folder = root / "ner" / "synth" / lang
+        folder.mkdir(parents=True)
+        for split, n in (("train", 60), ("dev", 20), ("test", 20)):
+            (folder / f"{split}.txt").write_text(synthetic_split(rng, n), encoding="utf-8")
+    return root

@@ -13,8 +13,9 @@ from metaxl_core.errors import ConfigError
 from metaxl_core.meta import finite_difference_hypergradient, hypergradient, metaxl_step
 from metaxl_core.model import MetaXLModel
 from metaxl_core.train import SourceSampler, run_trial
-from tests.test_meta import LABELS, LAYERS, batch, make_model, meta_loss_after_virtual_step, tiny_encoder
-from tests.test_train import synthetic_split
+from tests.conftest import synthetic_split
+from tests.test_meta import (DESIGNS, LABELS, LAYERS, batch, make_model, meta_loss_after_virtual_step,
+                             tiny_encoder)
 
 
 def perturbed_meta_loss(model, phi, direction, eps, source, t1, t2, eta, truncated, source_index):
@@ -32,19 +33,20 @@ def perturbed_meta_loss(model, phi, direction, eps, source, t1, t2, eta, truncat
     return (values[0] - values[1]) / (2 * eps)
 
 
-CASES = [  # (rtn layers, rtn sets, mixing, truncated, source index)
+CASES = [(*case, design) for design in DESIGNS for case in [
+    # (rtn layers, rtn sets, mixing, truncated, source index)
     ((LAYERS,), 2, "sequential", False, 1),
     ((1,), 3, "sequential", True, 2),
     ((0, LAYERS), 1, "softmax", False, 0),
     ((1, LAYERS), 1, "softmax", True, 0),
     ((0, LAYERS), 2, "softmax", False, 1),
-]
+]]
 
 
-@pytest.mark.parametrize("layers,sets,mixing,truncated,source_index", CASES)
+@pytest.mark.parametrize("layers,sets,mixing,truncated,source_index,design", CASES)
 def test_new_hypergradient_paths_match_finite_differences(layers, sets, mixing, truncated,
-                                                          source_index):
-    model = make_model("bert", layers, rtn_sets=sets, rtn_mixing=mixing)
+                                                          source_index, design):
+    model = make_model("bert", layers, rtn_sets=sets, rtn_mixing=mixing, rtn_design=design)
     if model.rtn_mix is not None:
         with torch.no_grad():
             for p in model.rtn_mix.values():
@@ -73,10 +75,11 @@ def test_new_hypergradient_paths_match_finite_differences(layers, sets, mixing, 
         assert abs(analytic - numeric) / abs(numeric) < 1e-4, (analytic, numeric)
 
 
+@pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("layers,sets,mixing", [((LAYERS,), 2, "sequential"),
                                                 ((0, LAYERS), 1, "softmax")])
-def test_finite_difference_hypergradient_covers_the_new_paths(layers, sets, mixing):
-    model = make_model("xlmr", layers, rtn_sets=sets, rtn_mixing=mixing)
+def test_finite_difference_hypergradient_covers_the_new_paths(layers, sets, mixing, design):
+    model = make_model("xlmr", layers, rtn_sets=sets, rtn_mixing=mixing, rtn_design=design)
     gen = torch.Generator().manual_seed(12)
     source, t1, t2 = batch(gen, 3, 7), batch(gen, 2, 6), batch(gen, 2, 5)
     index = sets - 1
@@ -95,7 +98,7 @@ def test_each_source_batch_goes_through_its_own_rtn():
         before = [model(b["input_ids"], b["attention_mask"], use_rtn=True, source_index=i)
                   for i in (0, 1)]
         assert not torch.allclose(before[0], before[1]), "two RTNs, two transformations"
-        model.rtn["1_s0"].up_bias.add_(1.0)  # change source 0's RTN only
+        model.rtn["1_s0"].net[2].bias.add_(1.0)  # change source 0's RTN only
         after = [model(b["input_ids"], b["attention_mask"], use_rtn=True, source_index=i)
                  for i in (0, 1)]
         plain = model(b["input_ids"], b["attention_mask"])
