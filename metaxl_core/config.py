@@ -65,6 +65,9 @@ class TrialConfig:
     # --- encoder, see metaxl_core.encoders ---
     encoder: str = "tiny-bert"
     trim_vocab: bool = False  # keep only the embedding rows the trial's data uses
+    # k > 0: the embeddings and layers 1..k are frozen, their output is computed once per example
+    # and cached (metaxl_core.frozen); every step runs layers k+1..L, the head and the RTN only
+    freeze_layers: int = 0
 
     # --- method ---
     method: str = "metaxl"
@@ -93,6 +96,11 @@ class TrialConfig:
     # or "learned" (metaxl only: sources whose steps align with the meta-gradient get more steps)
     source_sampling: str = "proportional"
     sampling_lr: float = 0.1  # step size of the learned sampling distribution
+
+    # --- evaluation: dev at every epoch end and every eval_every updates (0: epoch ends only);
+    # the model of the best dev evaluation is kept and scores the test split once, at the end ---
+    eval_every: int = 0
+    test_every_eval: bool = False  # also score test at each epoch end (costly; for curves)
 
     # --- optimisation ---
     epochs: int = 10
@@ -148,6 +156,8 @@ class TrialConfig:
                      "batch_size", "rtn_width"):
             _check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         _check(self.max_seq_length >= 8, "max_seq_length", "must be >= 8")
+        _check(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
+        _check(self.freeze_layers >= 0, "freeze_layers", f"must be >= 0, got {self.freeze_layers}")
         if self.target_dev_size is not None:
             _check(self.target_dev_size > 0, "target_dev_size", "must be > 0 or null")
         if self.rtn_layer is not None:
@@ -215,9 +225,17 @@ class TrialConfig:
             layers = sorted(int(p) for p in self.rtn_layers.split(","))
         else:
             layers = [n_layers if self.rtn_layer is None else self.rtn_layer]
-        _check(all(k <= n_layers for k in layers), "rtn_layers" if self.rtn_layers else "rtn_layer",
+        name = "rtn_layers" if self.rtn_layers else "rtn_layer"
+        _check(all(k <= n_layers for k in layers), name,
                f"must be in 0..{n_layers} for encoder {self.encoder!r} ({n_layers} layers), "
                f"got {self.rtn_layers or layers[0]}")
+        _check(self.freeze_layers <= n_layers, "freeze_layers",
+               f"must be in 0..{n_layers} for encoder {self.encoder!r}, got {self.freeze_layers}")
+        if self.method in RTN_METHODS:
+            _check(all(k >= self.freeze_layers for k in layers), name,
+                   f"an RTN after layer {min(layers)} would sit inside the frozen layers "
+                   f"(freeze_layers: {self.freeze_layers}); use layers {self.freeze_layers}..{n_layers} "
+                   "or freeze fewer")
         return layers
 
     def to_dict(self) -> dict:

@@ -16,6 +16,7 @@ for it (`use_rtn=True`, source batches in training); evaluation never does.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from collections.abc import Sequence
 
@@ -91,11 +92,42 @@ RTN_CLASSES = {"official": OfficialRTN, "identity": IdentityRTN}  # by config.RT
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     """The encoder's list of transformer layers (the ModuleList of num_hidden_layers blocks)."""
+    return encoder.get_submodule(_layers_path(encoder))
+
+
+def _layers_path(encoder: nn.Module) -> str:
     n_layers = encoder.config.num_hidden_layers
-    for module in encoder.modules():
+    for name, module in encoder.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
+            return name
     raise ValueError(f"cannot find the {n_layers} transformer layers of {type(encoder).__name__}")
+
+
+class CachedInput(nn.Module):
+    """Stands in for the embeddings of an encoder whose lower layers are cached: the cached
+    hidden states arrive as `inputs_embeds` and pass through unchanged."""
+
+    def forward(self, input_ids=None, inputs_embeds=None, **unused):
+        return inputs_embeds
+
+
+def split_encoder(encoder: nn.Module, frozen_layers: int) -> tuple[nn.Module, nn.Module]:
+    """(bottom, top) copies of `encoder`: bottom computes the hidden states after layer
+    `frozen_layers` (embeddings and layers 1..k), top runs layers k+1..L on them (its embeddings
+    are a `CachedInput`: pass the cached states as `inputs_embeds`)."""
+    path = _layers_path(encoder)
+    parent, _, attr = path.rpartition(".")
+    n_layers = encoder.config.num_hidden_layers
+    if not 0 <= frozen_layers <= n_layers:
+        raise ValueError(f"frozen_layers must be in 0..{n_layers}, got {frozen_layers}")
+    halves = []
+    for keep in (slice(0, frozen_layers), slice(frozen_layers, n_layers)):
+        copy_ = copy.deepcopy(encoder)
+        setattr(copy_.get_submodule(parent), attr, nn.ModuleList(list(encoder_layers(copy_))[keep]))
+        copy_.config.num_hidden_layers = len(range(n_layers)[keep])
+        halves.append(copy_)
+    halves[1].embeddings = CachedInput()
+    return halves[0], halves[1]
 
 
 class MetaXLModel(nn.Module):
@@ -114,22 +146,27 @@ class MetaXLModel(nn.Module):
             lowest first; "softmax" runs one pass per layer with only that layer's RTN and
             mixes their losses with softmax weights (`rtn_mix`, part of Φ).
         rtn_design: "official" (`OfficialRTN`, as released) or "identity" (`IdentityRTN`).
+        frozen_layers: k > 0 when `encoder` is the top of `split_encoder(full, k)`: the inputs
+            are then the cached hidden states after layer k, (B, T, d), instead of token ids.
+            Layers keep the full encoder's numbers, so RTN layers must be in k..L.
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, task: str,
                  rtn_layer: int | Sequence[int], rtn_width: int | None, *, rtn_sets: int = 1,
-                 rtn_mixing: str = "sequential", rtn_design: str = "official"):
+                 rtn_mixing: str = "sequential", rtn_design: str = "official",
+                 frozen_layers: int = 0):
         super().__init__()
-        n_layers = encoder.config.num_hidden_layers
+        n_layers = frozen_layers + encoder.config.num_hidden_layers
         layers = sorted({rtn_layer} if isinstance(rtn_layer, int) else set(rtn_layer))
-        if not layers or not all(0 <= k <= n_layers for k in layers):
-            raise ValueError(f"RTN layers must be in 0..{n_layers}, got {rtn_layer}")
+        if not layers or (rtn_width and not all(frozen_layers <= k <= n_layers for k in layers)):
+            raise ValueError(f"RTN layers must be in {frozen_layers}..{n_layers}, got {rtn_layer}")
         if rtn_mixing not in ("sequential", "softmax") or rtn_sets < 1 or rtn_design not in RTN_CLASSES:
             raise ValueError(f"rtn_mixing must be sequential or softmax, rtn_sets >= 1 and rtn_design "
                              f"one of {list(RTN_CLASSES)}, got {rtn_mixing!r}, {rtn_sets}, {rtn_design!r}")
         if rtn_design == "official" and rtn_mixing == "sequential" and len(layers) > 1:
             raise ValueError(SEQUENTIAL_OFFICIAL)
         self.encoder = encoder
+        self.frozen_layers = frozen_layers
         self.task = task
         self.rtn_layers = tuple(layers)
         self.rtn_layer = layers[0]  # the lowest: nothing below it sees an RTN
@@ -167,7 +204,7 @@ class MetaXLModel(nn.Module):
 
     def rtn_site(self, layer: int | None = None) -> nn.Module:
         """The module whose output the RTN of `layer` (default: the lowest) transforms."""
-        layer = self.rtn_layer if layer is None else layer
+        layer = (self.rtn_layer if layer is None else layer) - self.frozen_layers
         if layer == 0:
             return self.encoder.embeddings
         return encoder_layers(self.encoder)[layer - 1]
@@ -202,7 +239,8 @@ class MetaXLModel(nn.Module):
     def _logits(self, input_ids, attention_mask, rtn_layers: tuple[int, ...], rtn_set: int):
         self._active_layers, self._active_set = rtn_layers, rtn_set
         try:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            inputs = {"inputs_embeds" if self.frozen_layers else "input_ids": input_ids}
+            hidden = self.encoder(**inputs, attention_mask=attention_mask).last_hidden_state
         finally:
             self._active_layers = ()
         if self.task == "sentiment":
@@ -232,7 +270,7 @@ class MetaXLModel(nn.Module):
     def theta_above_rtn(self) -> list[str]:
         """Names of θ parameters computed after the (lowest) RTN: layers k+1..L and the head."""
         layers = encoder_layers(self.encoder)
-        above = {id(p) for layer in list(layers)[self.rtn_layer:] for p in layer.parameters()}
+        above = {id(p) for layer in list(layers)[self.rtn_layer - self.frozen_layers:] for p in layer.parameters()}
         above |= {id(p) for p in self.classifier.parameters()}
         return [n for n, p in self.theta().items() if id(p) in above]
 

@@ -35,6 +35,7 @@ from metaxl_core import data as data_lib
 from metaxl_core.config import RTN_METHODS, SPLIT_TARGET_METHODS, TrialConfig
 from metaxl_core.encoders import load_encoder, trim_vocabulary
 from metaxl_core.errors import MetaXLError
+from metaxl_core.frozen import frozen_fidelity
 from metaxl_core.meta import metaxl_step, plain_step
 from metaxl_core.metrics import ner_scores, sentiment_scores
 from metaxl_core.model import MetaXLModel
@@ -233,21 +234,28 @@ def build_trial(cfg: TrialConfig, device: torch.device):
     base_encoder, tokenizer = _cached_encoder(cfg.encoder, cfg.seed)
     rtn_layers = cfg.insertion_layers(base_encoder.config.num_hidden_layers)
     task_data, splits = _cached_data(_data_config(cfg), tokenizer)
-    encoder = copy.deepcopy(base_encoder)
-    if cfg.trim_vocab:
-        used = {i for split in splits.values() for f in split.features for i in f["input_ids"]}
-        id_map = trim_vocabulary(encoder, used)
-        splits = {name: dataclasses.replace(s, features=_remap(s.features, id_map))
-                  for name, s in splits.items()}
+    collator = data_lib.make_collator(tokenizer, cfg.task)
+    if cfg.freeze_layers:  # the top layers only, on cached states (no embeddings to trim)
+        top, splits, collator = frozen_fidelity(base_encoder, cfg.encoder, cfg.freeze_layers,
+                                                splits, collator)
+        encoder = copy.deepcopy(top)
+    else:
+        encoder = copy.deepcopy(base_encoder)
+        if cfg.trim_vocab:
+            used = {i for split in splits.values() for f in split.features for i in f["input_ids"]}
+            id_map = trim_vocabulary(encoder, used)
+            splits = {name: dataclasses.replace(s, features=_remap(s.features, id_map))
+                      for name, s in splits.items()}
     torch.manual_seed(cfg.seed)
     model = MetaXLModel(encoder, len(task_data.labels), cfg.task, rtn_layers,
                         cfg.rtn_width if cfg.method in RTN_METHODS else None,
                         rtn_sets=len(cfg.sources) if cfg.rtn_per_source else 1,
-                        rtn_mixing=cfg.rtn_mixing, rtn_design=cfg.rtn_design).to(device)
+                        rtn_mixing=cfg.rtn_mixing, rtn_design=cfg.rtn_design,
+                        frozen_layers=cfg.freeze_layers).to(device)
     if cfg.method == "frozen_rtn":
         for param in model.phi().values():
             param.requires_grad_(False)
-    return model, task_data, splits, data_lib.make_collator(tokenizer, cfg.task)
+    return model, task_data, splits, collator
 
 
 def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | None = None,
@@ -289,8 +297,11 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                                          device)
     movement_init = _rtn_movement(model, movement_batches)
 
-    history: list[dict] = []
-    first_epoch = 0
+    history: list[dict] = []  # one row per epoch: train losses, dev scores, RTN movement
+    evaluations: list[dict] = []  # every dev evaluation: the dev curve
+    best: dict = {"dev/f1": -math.inf}  # the best dev evaluation so far (earliest on a tie)
+    best_state: dict | None = None  # the model at that evaluation, on the CPU
+    first_epoch = updates = 0
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
         theta_opt.load_state_dict(resume_from["theta_optimizer"])
@@ -301,13 +312,33 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         if sampler is not None:
             sampler.load_state_dict(resume_from["sampler"])
         torch.set_rng_state(resume_from["torch_rng"])
-        history = list(resume_from["history"])
-        first_epoch = resume_from["epoch"] + 1
+        history, evaluations = list(resume_from["history"]), list(resume_from["evaluations"])
+        best, best_state = dict(resume_from["best"]), resume_from["best_state"]
+        first_epoch, updates = resume_from["epoch"] + 1, resume_from["updates"]
 
+    def evaluate_dev(epoch: int) -> dict:
+        """Score dev now; keep the model if it is the best so far. Returns the dev scores."""
+        nonlocal best, best_state
+        scores = {f"dev/{k}": v for k, v in evaluate(model, splits["target_dev"], collator, labels,
+                                                     cfg.task, device).items()}
+        evaluations.append({"step": updates, "epoch": epoch + 1, **scores})
+        if scores["dev/f1"] > best["dev/f1"]:
+            best = evaluations[-1]
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return scores
+
+    def test_best() -> dict:
+        """The test split, once, with the model of the best dev evaluation (left loaded)."""
+        model.load_state_dict(best_state)
+        return {f"test/{k}": v for k, v in evaluate(model, splits["target_test"], collator, labels,
+                                                    cfg.task, device).items()}
+
+    final_test = None
     n_meta = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * cfg.meta_fraction)))
     timing = {"time/setup_s": time.perf_counter() - started, "time/train_s": 0.0, "time/eval_s": 0.0}
     for epoch in range(first_epoch, cfg.epochs):
         epoch_started = time.perf_counter()
+        eval_seconds = 0.0
         epoch_seed = cfg.seed * 1000 + epoch
         target_batches = _endless_batches(splits["target_train"].features, cfg.batch_size,
                                           epoch_seed)
@@ -320,7 +351,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         bar = tqdm(step_batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         losses: dict[str, float] = {}
-        for source_index, batch in bar:
+        for index, (source_index, batch) in enumerate(bar):
             batch = _to(batch, device)
             if cfg.method in SPLIT_TARGET_METHODS:
                 target = next(target_batches)
@@ -345,25 +376,39 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
             else:  # source_only, target_only: one language
                 step = plain_step(model, theta_opt, [batch], cfg.max_grad_norm)
             scheduler.step()
+            updates += 1
             for key, value in step.items():
                 losses[key] = losses.get(key, 0.0) + value / steps_per_epoch
             bar.set_postfix({k: f"{v:.3f}" for k, v in step.items()})
-        metrics = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in losses.items()},
-                   **(sampler.metrics() if sampler is not None else {}),
-                   **_rtn_movement(model, movement_batches)}
+            if cfg.eval_every and updates % cfg.eval_every == 0 and index + 1 < steps_per_epoch:
+                eval_started = time.perf_counter()
+                evaluate_dev(epoch)
+                eval_seconds += time.perf_counter() - eval_started
         eval_started = time.perf_counter()
-        timing["time/train_s"] += eval_started - epoch_started
-        for split in ("dev", "test"):
-            scores = evaluate(model, splits[f"target_{split}"], collator, labels, cfg.task, device)
-            metrics.update({f"{split}/{k}": v for k, v in scores.items()})
-        timing["time/eval_s"] += time.perf_counter() - eval_started
+        metrics = {"epoch": epoch + 1, "step": updates,
+                   **{f"train/{k}": v for k, v in losses.items()},
+                   **(sampler.metrics() if sampler is not None else {}),
+                   **_rtn_movement(model, movement_batches), **evaluate_dev(epoch)}
+        if cfg.test_every_eval:
+            metrics.update({f"test/{k}": v for k, v in evaluate(
+                model, splits["target_test"], collator, labels, cfg.task, device).items()})
+        metrics.update({"best/dev_f1": best["dev/f1"], "best/step": best["step"],
+                        "best/epoch": best["epoch"]})
+        if epoch + 1 == cfg.epochs:
+            final_test = test_best()
+            metrics.update({"best/test_f1": final_test["test/f1"],
+                            **{f"final/{k}": v for k, v in final_test.items()}})
+        timing["time/eval_s"] += eval_seconds + time.perf_counter() - eval_started
+        timing["time/train_s"] += eval_started - epoch_started - eval_seconds
         history.append(metrics)
         if progress:
             print(_format_epoch(metrics), flush=True)
         if report is not None:
             # with cumulative seconds of loading + tokenising, training steps and evaluation
             report({**metrics, **timing}, {
-                "epoch": epoch, "history": history, "model": model.state_dict(),
+                "epoch": epoch, "updates": updates, "history": list(history),
+                "evaluations": list(evaluations), "best": best, "best_state": best_state,
+                "model": model.state_dict(),
                 "theta_optimizer": theta_opt.state_dict(), "scheduler": scheduler.state_dict(),
                 "phi_optimizer": phi_opt.state_dict() if phi_opt is not None else None,
                 "phi_scheduler": phi_scheduler.state_dict() if phi_opt is not None else None,
@@ -371,7 +416,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                 "torch_rng": torch.get_rng_state(),
             })
 
-    best = max(history, key=lambda m: (m["dev/f1"], -m["epoch"]))  # earliest best dev epoch
+    if final_test is None:  # resumed after its last epoch
+        final_test = test_best()
     wall = time.perf_counter() - started
     results = {
         "config": cfg.to_dict(),
@@ -383,8 +429,10 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
             "unk_words": {name: s.n_unk_words for name, s in splits.items()}},
         "rtn_movement_init": movement_init,
         "history": history,
+        "evaluations": evaluations,
         "best_epoch": best["epoch"],
-        "final": {k: v for k, v in best.items() if k.startswith(("dev/", "test/"))},
+        "best_step": best["step"],
+        "final": {**{k: v for k, v in best.items() if k.startswith("dev/")}, **final_test},
         "wall_time_s": round(wall, 3),
         "timing_s": {k.split("/")[1][:-2]: round(v, 3) for k, v in timing.items()},
         "steps_per_s": round(steps_per_epoch * (cfg.epochs - first_epoch) / wall, 3),

@@ -178,16 +178,19 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
 
 
 def _outcomes(grid, fixed: dict) -> list[dict]:
-    """Per trial of a finished Tune run: config, error, best dev F1 and its test F1."""
+    """Per trial of a finished Tune run: config, error, epochs run and, for a trial that ran to
+    its end, its best dev F1 and the test F1 of that model (the trial scores test once)."""
     outcomes = []
     for result in grid:
         history = result.metrics_dataframe
         row = {"trial_id": result.metrics.get("trial_id"), "config": {**fixed, **result.config},
                "error": str(result.error)[:500] if result.error else None}
         if history is not None and METRIC in history:
-            best = history.loc[history[METRIC].idxmax()]
-            row.update({"dev_f1": float(best[METRIC]), "test_f1": float(best["test/f1"]),
-                        "epochs_run": int(history["epoch"].max())})
+            row["epochs_run"] = int(history["epoch"].max())
+            last = history.iloc[-1]
+            if "best/test_f1" in history and last["best/test_f1"] == last["best/test_f1"]:
+                row.update({"dev_f1": float(last["best/dev_f1"]),
+                            "test_f1": float(last["best/test_f1"])})
         outcomes.append(row)
     return outcomes
 

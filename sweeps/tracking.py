@@ -156,8 +156,9 @@ class MLflowTracker(tune.Callback):
         history = self.history.setdefault(trial.trial_id, [])
         history[:] = [m for m in history if m["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
         best = max(self.history[trial.trial_id], key=lambda m: (m.get("dev/f1", 0.0), -m["epoch"]))
-        summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/test_f1": best.get("test/f1", 0.0),
-                   "best/epoch": best["epoch"]}
+        summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/epoch": best["epoch"],
+                   **({"best/test_f1": best["test/f1"]} if "test/f1" in best else {}),
+                   **{k: v for k, v in metrics.items() if k.startswith("best/")}}  # the trial's own
         stamp = int(time.time() * 1000)
         tags = [RunTag("node_id", str(result["node_id"]))] if "node_id" in result else []
 
