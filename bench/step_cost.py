@@ -5,6 +5,8 @@ Run (from the repository root; the full run takes about 12 minutes on 2 shared C
     .venv/bin/python bench/step_cost.py            # tiny, e5-small-sized, XLM-R-base-sized
     .venv/bin/python bench/step_cost.py --quick    # tiny only (seconds; a smoke test)
     .venv/bin/python bench/step_cost.py --configs e5-small --repeats 7 --no-memory
+    .venv/bin/python bench/step_cost.py --configs e5-small --fidelity 8 \
+        --out bench/results/step_cost_fidelity.json   # cached top-4 layers vs full fine-tuning
     .venv/bin/python bench/step_cost.py --configs e5-small --layers middle --variants joint \
         metaxl finite_difference layers_sequential layers_softmax per_source \
         --out bench/results/step_cost_beyond.json     # the variants beyond the paper
@@ -56,6 +58,8 @@ itself needs on top of the training state.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import os
 import platform
@@ -73,7 +77,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metaxl_core.meta import _clip_and_step, metaxl_step, plain_step, second_order_attention  # noqa: E402
-from metaxl_core.model import MetaXLModel, cross_entropy  # noqa: E402
+from metaxl_core import frozen as frozen_lib  # noqa: E402
+from metaxl_core.model import MetaXLModel, cross_entropy, split_encoder  # noqa: E402
 
 CONFIGS = {  # layers, hidden, heads, intermediate, vocab; default repeats after warm-up
     "tiny": dict(layers=2, hidden=64, heads=2, intermediate=256, vocab=1000, repeats=21),
@@ -116,7 +121,8 @@ def build(config: str, rtn_layer: int, seed: int = 0, structure: str = "single")
         sorted({rtn_layer if rtn_layer != last else last // 2, last})
     model = MetaXLModel(encoder, LABELS, "ner", layers, RTN_WIDTH,
                         rtn_sets=2 if structure == "per_source" else 1,
-                        rtn_mixing="softmax" if structure == "layers_softmax" else "sequential")
+                        rtn_mixing="softmax" if structure == "layers_softmax" else "sequential",
+                        rtn_design="identity" if structure == "layers_sequential" else "official")
     model = model.to(DEVICE).train()
     theta_opt = torch.optim.AdamW(model.theta().values(), lr=LR, weight_decay=0.01)
     phi_opt = torch.optim.Adam(model.phi().values(), lr=1e-3)
@@ -233,6 +239,63 @@ def time_config(config: str, rtn_layer: int, variants, repeats: int, warmup: int
     return result
 
 
+def time_fidelity(config: str, frozen: int, repeats: int, warmup: int) -> dict:
+    """The cached fidelity against full fine-tuning: joint on the full model, then joint and
+    MetaXL exact (RTN at the cut and at the last layer) on the top layers over cached states,
+    interleaved; plus the one-off cost of filling the cache and its size."""
+    last = CONFIGS[config]["layers"]
+    full, full_opt, _ = build(config, last)
+    bottom, top = split_encoder(full.encoder, frozen)
+    bottom.eval()
+    data = make_data(config)
+    with torch.no_grad():
+        cached_data = {name: {**b, "input_ids": bottom(input_ids=b["input_ids"], attention_mask=b[
+            "attention_mask"]).last_hidden_state} for name, b in data.items()}
+    steps = {"full joint": lambda: run_variant("joint", full, full_opt, None, data)}
+    for layer in sorted({frozen, last}):
+        torch.manual_seed(0)
+        model = MetaXLModel(copy.deepcopy(top), LABELS, "ner", layer, RTN_WIDTH,
+                            frozen_layers=frozen).to(DEVICE).train()
+        theta_opt = torch.optim.AdamW(model.theta().values(), lr=LR, weight_decay=0.01)
+        phi_opt = torch.optim.Adam(model.phi().values(), lr=1e-3)
+        if layer == last:
+            steps["cached joint"] = functools.partial(run_variant, "joint", model, theta_opt,
+                                                      phi_opt, cached_data)
+        steps[f"cached metaxl k={layer}"] = functools.partial(run_variant, "metaxl", model,
+                                                              theta_opt, phi_opt, cached_data)
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    seconds = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - start)
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))
+
+    sentences = [make_batch(torch.Generator().manual_seed(2), 64, CONFIGS[config]["vocab"])
+                 for _ in range(2)]
+    start = time.perf_counter()
+    stored = [frozen_lib.compute_states(bottom, [
+        {k: v[i].tolist() for k, v in b.items() if k != "labels"} for i in range(len(b["input_ids"]))],
+        lambda features: {k: torch.tensor([f[k] for f in features]) for k in features[0]})
+        for b in sentences]
+    fill_s = time.perf_counter() - start
+    tokens = sum(t.shape[0] for split in stored for t in split)
+    return {"frozen_layers": frozen, "seconds": seconds,
+            "median_s": {name: statistics.median(v) for name, v in seconds.items()},
+            "ratio_cached_joint_to_full_joint": ratio("cached joint", "full joint"),
+            "ratio_cached_metaxl_to_cached_joint": {
+                name: ratio(name, "cached joint") for name in steps if "metaxl" in name},
+            "cache_fill_s_per_1000_sentences": fill_s / (64 * len(sentences)) * 1000,
+            "cache_bytes_per_token": sum(t.numel() * t.element_size() for split in stored
+                                         for t in split) / tokens,
+            "cache_sentence_tokens": SEQ_LEN}
+
+
 def model_flops(config: str, model: MetaXLModel) -> float:
     """Training FLOPs of the joint step's tokens: tokens x (6 N + 12 L S d), N = non-embedding
     parameters of encoder and head (the RTN is not counted)."""
@@ -343,6 +406,9 @@ def main(argv=None) -> None:
                         help=f"examples per step times this (default 1: source {N_SOURCE}, "
                              f"T1 {N_T1}, T2 {N_T2}; a GPU wants larger steps)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step_cost.json")
+    parser.add_argument("--fidelity", type=int, metavar="K",
+                        help="instead: the cached fidelity with layers 1..K frozen against full "
+                             "fine-tuning (joint), and MetaXL against joint at that fidelity")
     parser.add_argument("--memory-child", nargs=3, metavar=("CONFIG", "LAYER", "VARIANT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -360,6 +426,9 @@ def main(argv=None) -> None:
         return
 
     configs = ["tiny"] if args.quick else (args.configs or list(CONFIGS))
+    if args.fidelity is not None:
+        fidelity_report(configs, args)
+        return
     report = {"machine": machine(args.threads),
               "setup": {"seq_len": SEQ_LEN, "examples_per_step": {
                   "joint": f"source {N_SOURCE} + target {N_T1 + N_T2}",
@@ -395,6 +464,33 @@ def main(argv=None) -> None:
         report["configs"][config] = entry
     report["targets"] = _targets(report["configs"])
     print(json.dumps(report["targets"], indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def fidelity_report(configs: list[str], args) -> None:
+    report = {"machine": machine(args.threads), "seq_len": SEQ_LEN,
+              "examples_per_step": {"joint": f"source {N_SOURCE} + target {N_T1 + N_T2}",
+                                    "metaxl": f"source {N_SOURCE} + T1 {N_T1} + T2 {N_T2}"},
+              "timing": "interleaved rounds; ratios are medians over rounds of each round's ratio",
+              "configs": {}}
+    for config in configs:
+        frozen = min(args.fidelity, CONFIGS[config]["layers"])
+        result = time_fidelity(config, frozen, args.repeats or CONFIGS[config]["repeats"],
+                               args.warmup)
+        result["targets"] = {
+            "cached joint <= 0.4x full joint": result["ratio_cached_joint_to_full_joint"] <= 0.4,
+            "cached metaxl exact <= 1.3x cached joint": all(
+                r <= 1.3 for r in result["ratio_cached_metaxl_to_cached_joint"].values())}
+        report["configs"][config] = result
+        cells = "  ".join(f"{n} {t:.3f}s" for n, t in result["median_s"].items())
+        print(f"{config:10s} frozen 1..{frozen}: {cells}")
+        print(f"{'':10s} cached joint / full joint {result['ratio_cached_joint_to_full_joint']:.2f}x; "
+              + "; ".join(f"{n} / cached joint {r:.2f}x"
+                          for n, r in result["ratio_cached_metaxl_to_cached_joint"].items())
+              + f"; cache fill {result['cache_fill_s_per_1000_sentences']:.1f} s per 1000 sentences "
+              f"of {SEQ_LEN} tokens, {result['cache_bytes_per_token']:.0f} bytes per token", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -137,6 +137,8 @@ class Encoded:
     gold: list
     n_truncated: int
     n_unk_words: int
+    n_words: int = 0  # NER: words in the split
+    n_words_cut: int = 0  # NER: words lost to max_seq_length (scored as predicted "O")
 
 
 # ---------------------------------------------------------------------------------- locating data
@@ -571,10 +573,12 @@ def _encode_ner(examples, tokenizer, label_id, max_seq_length) -> Encoded:
             if w not in pieces or tokenizer.unk_token_id in pieces[w]:
                 n_unk += 1
     batch = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_seq_length)
-    features, n_truncated = [], 0
+    features, n_truncated, n_cut = [], 0, 0
     for i, ex in enumerate(examples):
         word_ids = batch.word_ids(i)
-        n_truncated += max((w for w in word_ids if w is not None), default=-1) < len(words[i]) - 1
+        cut = len(words[i]) - 1 - max((w for w in word_ids if w is not None), default=-1)
+        n_truncated += cut > 0
+        n_cut += cut
         labels, previous = [], None
         for word in word_ids:
             first = word is not None and word != previous
@@ -582,7 +586,8 @@ def _encode_ner(examples, tokenizer, label_id, max_seq_length) -> Encoded:
             previous = word
         features.append({"input_ids": batch["input_ids"][i],
                          "attention_mask": batch["attention_mask"][i], "labels": labels})
-    return Encoded(features, [list(ex["tags"]) for ex in examples], int(n_truncated), n_unk)
+    return Encoded(features, [list(ex["tags"]) for ex in examples], int(n_truncated), n_unk,
+                   sum(map(len, words)), n_cut)
 
 
 def _encode_sentiment(examples, tokenizer, label_id, max_seq_length) -> Encoded:

@@ -269,8 +269,8 @@ class MetaXLModel(nn.Module):
 
     def theta_above_rtn(self) -> list[str]:
         """Names of θ parameters computed after the (lowest) RTN: layers k+1..L and the head."""
-        layers = encoder_layers(self.encoder)
-        above = {id(p) for layer in list(layers)[self.rtn_layer - self.frozen_layers:] for p in layer.parameters()}
+        layers = list(encoder_layers(self.encoder))[self.rtn_layer - self.frozen_layers:]
+        above = {id(p) for layer in layers for p in layer.parameters()}
         above |= {id(p) for p in self.classifier.parameters()}
         return [n for n, p in self.theta().items() if id(p) in above]
 

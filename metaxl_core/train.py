@@ -330,8 +330,11 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     def test_best() -> dict:
         """The test split, once, with the model of the best dev evaluation (left loaded)."""
         model.load_state_dict(best_state)
-        return {f"test/{k}": v for k, v in evaluate(model, splits["target_test"], collator, labels,
-                                                    cfg.task, device).items()}
+        test = splits["target_test"]
+        scores = evaluate(model, test, collator, labels, cfg.task, device)
+        if test.n_words:  # NER: the share of words cut by max_seq_length, next to its F1
+            scores["words_cut"] = test.n_words_cut / test.n_words
+        return {f"test/{k}": v for k, v in scores.items()}
 
     final_test = None
     n_meta = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * cfg.meta_fraction)))
@@ -426,6 +429,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         "data": {**task_data.notes, **{
             f"{name}_size": len(s.features) for name, s in splits.items()},
             "truncated": {name: s.n_truncated for name, s in splits.items()},
+            "words_cut": {name: s.n_words_cut / max(s.n_words, 1) for name, s in splits.items()
+                          if s.n_words},
             "unk_words": {name: s.n_unk_words for name, s in splits.items()}},
         "rtn_movement_init": movement_init,
         "history": history,
