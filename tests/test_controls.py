@@ -4,6 +4,8 @@ clipping, the truncation cut and the evaluation path. Each test names the bug it
 
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from metaxl_core.config import TrialConfig
 from metaxl_core.errors import ConfigError
 from metaxl_core.meta import finite_difference_hypergradient, hypergradient, metaxl_step, plain_step
 from metaxl_core.model import IdentityRTN, MetaXLModel, OfficialRTN
+from tests.conftest import PROJECT_ROOT
 from tests.test_meta import LABELS, LAYERS, VOCAB, batch, make_model, tiny_encoder
 from tests.test_train import config
 
@@ -273,3 +276,14 @@ def test_rtn_movement_is_per_layer_and_zero_for_an_identity(synth_root):
         for p in rtn.parameters():
             nn.init.zeros_(p)
     assert all(v == 0 for v in model.rtn_movement(b).values())
+
+
+def test_a_sweep_plans_both_controls_with_their_own_dimensions():
+    proc = subprocess.run([sys.executable, "sweeps/pairs.py", "--dry-run", "--methods", "metaxl",
+                           "frozen_rtn", "joint_t1"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if "_ner-" in line}
+    assert rows["frozen_rtn_ner-masakhaner2-yor"].endswith("source, rtn_width, rtn_layer, lr")
+    assert rows["joint_t1_ner-masakhaner2-yor"].endswith("source, lr")
+    assert rows["metaxl_ner-masakhaner2-yor"].endswith("lr, meta_lr")

@@ -37,3 +37,16 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
         pytest.skip("this machine has CUDA")
     proc, out = run("--device", "cuda", tmp_path=tmp_path)
     assert proc.returncode == 2 and "CUDA is not available" in proc.stderr and not out.exists()
+
+
+def test_fidelity_run_reports_its_ratios_and_the_cache_cost(tmp_path):
+    proc, out = run("--fidelity", "1", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())["configs"]["tiny"]
+    assert result["frozen_layers"] == 1
+    assert set(result["median_s"]) == {"full joint", "cached joint", "cached metaxl k=1",
+                                       "cached metaxl k=2"}
+    assert 0 < result["ratio_cached_joint_to_full_joint"] < 10
+    assert result["cache_bytes_per_token"] == 64 * 4  # hidden 64, float32, unpadded
+    assert result["cache_fill_s_per_1000_sentences"] > 0 and set(result["targets"]) == {
+        "cached joint <= 0.4x full joint", "cached metaxl exact <= 1.3x cached joint"}
