@@ -39,6 +39,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from metaxl_core.config import source_label  # noqa: E402
@@ -135,22 +136,42 @@ def methods_in(rows: list[dict]) -> list[str]:
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
+def paired_difference(a: dict, b: dict) -> dict | None:
+    """Mean of a[seed] - b[seed] over the seeds both have, its 95% percentile-bootstrap
+    confidence interval over seeds, and the two-sided p of an exact sign-flip permutation test
+    (with n seeds the smallest possible p is 2 / 2^n: 0.0625 for 5). None below 2 seeds."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    diff = np.array([a[s] - b[s] for s in seeds])
+    test = scipy_stats.permutation_test((diff,), np.mean, permutation_type="samples",
+                                        n_resamples=np.inf, alternative="two-sided")
+    ci = scipy_stats.bootstrap((diff,), np.mean, confidence_level=0.95, method="percentile",
+                               n_resamples=9999, random_state=0).confidence_interval
+    return {"n": len(seeds), "mean": float(diff.mean()), "ci95": [float(ci.low), float(ci.high)],
+            "p": float(test.pvalue)}
+
+
 def build_tables(records: list[dict], split: str = "test") -> dict:
-    """{task: [row]}; a row per (target, source) with a cell per method."""
-    groups: dict[tuple, dict[str, list[float]]] = {}
+    """{task: [row]}; a row per (target, source) with a cell per method, and for each MetaXL
+    variant and control its gain over JT: difference of means, and paired over seeds."""
+    groups: dict[tuple, dict[str, dict]] = {}
     for r in records:
         if r["grid"] or split not in r:
             continue
         groups.setdefault((r["task"], r["target"], r["source"]), {}).setdefault(
-            r["method"], []).append(r[split] * 100)
+            r["method"], {})[r["seed"]] = r[split] * 100
     tables: dict[str, list[dict]] = {}
     for (task, target, source), cells in sorted(groups.items()):
         row = {"target": target, "source": source,
-               "cells": {m: stats(v) for m, v in cells.items()}}
+               "cells": {m: stats(list(v.values())) for m, v in cells.items()}}
         for method in GAIN_METHODS:
             if method in cells and "joint" in cells:
                 row.setdefault("gains", {})[method] = (row["cells"][method]["mean"]
                                                        - row["cells"]["joint"]["mean"])
+                paired = paired_difference(cells[method], cells["joint"])
+                if paired:
+                    row.setdefault("paired", {})[method] = paired
         tables.setdefault(task, []).append(row)
     return {t: tables[t] for t in sorted(tables, key=lambda t: (t not in TASK_ORDER, t))}
 
@@ -194,6 +215,26 @@ def markdown_table(rows: list[dict]) -> str:
         parts += [fmt_gain(row.get("gains", {}).get(m)) for m in gains]
         lines.append("| " + " | ".join(parts) + " |")
     return "\n".join(lines)
+
+
+def paired_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: each variant's test F1 gain over JT paired by seed, with its 95% CI and
+    the sign-flip test's p; nothing when no row has two paired seeds."""
+    variants = [m for m in GAIN_METHODS if any(m in r.get("paired", {}) for r in rows)]
+    if not variants:
+        return []
+    lines = ["Gain over JT paired by seed (test F1 points): mean [95% bootstrap CI over seeds], "
+             "p of an exact sign-flip test (n seeds):", "",
+             "| target ← source | " + " | ".join(METHOD_TITLES.get(m, m) for m in variants) + " |",
+             "|" + "---|" * (len(variants) + 1)]
+    for row in rows:
+        cells = []
+        for m in variants:
+            p = row.get("paired", {}).get(m)
+            cells.append("–" if p is None else f"{p['mean']:+.1f} [{p['ci95'][0]:+.1f}, "
+                         f"{p['ci95'][1]:+.1f}], p {p['p']:.3f} (n={p['n']})")
+        lines.append(f"| {row_label(row)} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def average_row(rows: list[dict], methods: list[str]) -> dict:
@@ -394,6 +435,7 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
             if extra_rows:
                 md += [f"Test {extra.split('/')[-1]} × 100, same layout:", "",
                        markdown_table(extra_rows), ""]
+        md += paired_table(rows)
         md += ["Dev F1 (the model-selection split) × 100, same layout:", "",
                markdown_table(dev_tables[task]), "",
                f"![{task} bars]({bars.name})", ""]
@@ -404,7 +446,7 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
                    ""]
         report["tasks"][task] = {
             "rows": [{"target": r["target"], "source": r["source"], "cells": r["cells"],
-                      "gains": r.get("gains", {}),
+                      "gains": r.get("gains", {}), "paired": r.get("paired", {}),
                       "dev_cells": next(d["cells"] for d in dev_tables[task]
                                         if (d["target"], d["source"]) == (r["target"], r["source"]))}
                      for r in rows],

@@ -177,3 +177,17 @@ def test_sensitivity_grid_runs(store_uri, tmp_path):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert f"51.0 ± {np.std([50, 52], ddof=1):.1f}" in md
     assert _png_size(out / "ner_sensitivity.png")[0] > 5_000
+
+
+def test_paired_difference_pairs_by_seed_with_an_exact_sign_flip_test():
+    from sweeps.report import paired_difference
+    joint = {"1": 50.0, "2": 40.0, "3": 60.0, "4": 45.0, "5": 55.0}
+    better = {s: v + 1.0 for s, v in joint.items()}
+    result = paired_difference(better, joint)
+    assert result["n"] == 5 and result["mean"] == pytest.approx(1.0)
+    assert result["ci95"] == pytest.approx([1.0, 1.0])
+    assert result["p"] == pytest.approx(2 / 32), "all 5 signs agree: the smallest p there is"
+    shuffled = dict(zip(better, reversed(list(better.values()))))  # same values, wrong seeds
+    assert paired_difference(shuffled, joint)["ci95"][0] < 0 < paired_difference(
+        shuffled, joint)["ci95"][1], "pairing by seed matters"
+    assert paired_difference({"1": 1.0}, {"1": 0.0}) is None
