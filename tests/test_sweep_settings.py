@@ -8,7 +8,7 @@ import pytest
 from metaxl_core.config import TrialConfig
 from metaxl_core.errors import ConfigError
 from sweeps.settings import SweepConfig
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, SHARED_DATA
 
 
 def write(tmp_path, text):
@@ -130,3 +130,22 @@ def test_hand_edited_export_with_invalid_value_fails_before_training(tmp_path):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "yor.yaml" in proc.stderr and "rtn_width: must be > 0" in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "sweeps" / "presets").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_sweep_preset_loads_and_plans(path):
+    sweep = SweepConfig.load(str(path))
+    assert sweep.searches() and sweep.name == path.stem
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "bench" / "presets").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_benchmark_preset_plans_valid_trials(path, tmp_path):
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    import transfer
+    preset = transfer.load_preset(path)
+    reads_data = any("test_cap" in task for task in preset["tasks"].values())
+    if reads_data and not SHARED_DATA.is_dir():
+        pytest.skip(f"{path.name} reads the real test splits (test_cap); {SHARED_DATA} is absent")
+    assert transfer.plan_runs(preset, data_root=str(SHARED_DATA), out=tmp_path)
