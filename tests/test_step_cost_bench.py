@@ -50,3 +50,21 @@ def test_fidelity_run_reports_its_ratios_and_the_cache_cost(tmp_path):
     assert result["cache_bytes_per_token"] == 64 * 4  # hidden 64, float32, unpadded
     assert result["cache_fill_s_per_1000_sentences"] > 0 and set(result["targets"]) == {
         "cached joint <= 0.4x full joint", "cached metaxl exact <= 1.3x cached joint"}
+
+
+def test_gpu_results_script_runs_packed_trials_on_cpu(tmp_path):
+    """A CPU smoke run of bench/gpu_results.py: tiny encoder, bundled sample, 1 and 2 processes."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu_results.py", "--encoder", "tiny-bert", "--data-root",
+         str(PROJECT_ROOT / "metaxl_core" / "sample_data"), "--targets", "ner:masakhaner2:yor",
+         "--seeds", "1", "--source-size", "20", "--epochs", "1", "--levels", "1", "2",
+         "--device", "cpu", "--lr", "1e-3", "--out", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [level["processes"] for level in report["levels"]] == [1, 2]
+    runs = [r for level in report["levels"] for r in level["runs"]]
+    assert {r["method"] for r in runs} == {"joint", "metaxl"} and all(r["updates"] == 2 for r in runs)
+    assert all(0 <= r["test_f1"] <= 1 and r["device"] == "cpu" for r in runs)
+    assert all(level["updates_per_s"] > 0 for level in report["levels"])
