@@ -15,8 +15,8 @@ target token sets, with
     shown relative to the mean token norm;
   - a Gaussian kernel, MMD^2 (unbiased), bandwidth = the median pairwise distance of the pooled
     pre-RTN tokens of that checkpoint (the same bandwidth before and after the RTN).
-Smaller = closer. Also prints the RTN's mean gate (0 = identity) and the relative size of its
-change ||RTN(h) - h|| / ||h||.
+Smaller = closer. Also prints the relative size of the RTN's change ||RTN(h) - h|| / ||h||
+(0 = identity).
 """
 
 from __future__ import annotations
@@ -82,13 +82,12 @@ def measure(model, splits, collator) -> dict:
     rtn = model.rtn[str(model.rtn_layer)].double()
     with torch.no_grad():
         moved = rtn(source.unsqueeze(0)).squeeze(0)
-        gate = torch.sigmoid(rtn.gate(source)).mean().item()
     rtn.float()
     xs, xt, xm = (subsample(v, MAX_TOKENS) for v in (source, target, moved))
     sigma = float(torch.cdist(torch.cat([xs, xt]), torch.cat([xs, xt])).median())
     norm = float(torch.cat([source, target]).norm(dim=1).mean())
     out = {"n_source_tokens": len(source), "n_target_tokens": len(target), "mean_norm": norm,
-           "rbf_sigma": sigma, "rtn_gate_mean": gate,
+           "rbf_sigma": sigma,
            "rtn_relative_change": float((moved - source).norm(dim=1).mean()
                                         / source.norm(dim=1).mean())}
     for name, src in (("before_rtn", source), ("after_rtn", moved)):
@@ -132,13 +131,13 @@ def main(argv=None) -> int:
     print(f"{runs[0]['key']}  meta_lr {cfg.meta_lr:g}  (MMD between source and target tokens at "
           f"the RTN site, layer {model.rtn_layer}; smaller = closer)")
     print(f"{'checkpoint':<10} {'linear MMD before':>18} {'after RTN':>10} {'rel. before':>12} "
-          f"{'after':>8} {'RBF MMD2 before':>16} {'after RTN':>10} {'gate':>6} {'|dh|/|h|':>9}")
+          f"{'after':>8} {'RBF MMD2 before':>16} {'after RTN':>10} {'|dh|/|h|':>9}")
     for name in ("init", "trained"):
         r = results[name]
         b, a = r["before_rtn"], r["after_rtn"]
         print(f"{name:<10} {b['linear_mmd']:>18.4f} {a['linear_mmd']:>10.4f} "
               f"{b['linear_mmd_rel']:>12.4f} {a['linear_mmd_rel']:>8.4f} {b['rbf_mmd2']:>16.5f} "
-              f"{a['rbf_mmd2']:>10.5f} {r['rtn_gate_mean']:>6.3f} {r['rtn_relative_change']:>9.4f}")
+              f"{a['rbf_mmd2']:>10.5f} {r['rtn_relative_change']:>9.4f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2), encoding="utf-8")
