@@ -292,6 +292,7 @@ def record_local_ray(output_dir: Path) -> None:
         found = {pid for pid, (parent, _) in table.items() if parent in mine} - mine
         mine |= found
     mine.discard(os.getpid())
+    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RAY_PROCESSES).write_text(json.dumps(
         [[pid, table[pid][1]] for pid in sorted(mine)]), encoding="utf-8")
 
@@ -430,7 +431,6 @@ def main(argv: list[str] | None = None) -> int:
         uri = args.mlflow_uri or default_tracking_uri(str(output_dir))
         client, experiment_id = open_experiment(uri, sweep.name)
         print_plan(sweep, searches, n_layers)
-        sweep_id = attempt_id(output_dir, sweep.name)
         if args.address is None:
             stop_leftover_ray(output_dir)
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.address is None:
             record_local_ray(output_dir)
         check_resources(sweep, args.address)
+        sweep_id = attempt_id(output_dir, sweep.name)
         parents = {t: target_run(client, experiment_id, sweep_id, t) for t in sweep.targets}
         storage = str(output_dir / "tune")
         # Search drivers stay on this node: losing a worker node must not lose a search.
@@ -463,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(rows)
     errors = [e for o in outcomes for e in o["mlflow_errors"]]
     failed = [t for o in outcomes for t in o["trials"] if t["error"]]
-    summary = {"sweep": sweep.name, "mlflow_uri": uri, "wall_time_s": round(time.time() - started, 1),
+    summary = {"sweep": sweep.name, "sweep_id": sweep_id, "mlflow_uri": uri,
+               "wall_time_s": round(time.time() - started, 1),
                "targets": rows, "failed_trials": failed, "mlflow_errors": errors,
                "searches": [{"name": o["name"], "trials": o["trials"]} for o in outcomes]}
     tmp = summary_path.with_suffix(".json.tmp")

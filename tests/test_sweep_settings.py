@@ -179,6 +179,14 @@ def test_rtn_layers_are_checked_against_the_encoder_before_ray_starts(tmp_path, 
         check_inputs(sweep, sweep.searches())
 
 
+def test_encoder_depth_comes_from_the_config_alone(tmp_path):
+    from transformers import BertConfig
+
+    from metaxl_core.encoders import encoder_depth
+    BertConfig(num_hidden_layers=5).save_pretrained(tmp_path)  # a config, no weights at all
+    assert encoder_depth(str(tmp_path)) == 5 and encoder_depth("tiny-bert") == 2
+
+
 def test_pre_flight_reads_every_split_trials_read(tmp_path):
     from sweeps.pairs import check_inputs
     root = tmp_path / "data" / "ner"
