@@ -15,6 +15,7 @@ learning rates. Searches run concurrently across the cluster, each driven by a R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -306,7 +307,8 @@ def stop_leftover_ray(output_dir: Path) -> None:
     table = _processes()
     for pid, started in json.loads(path.read_text(encoding="utf-8")):
         if pid in table and table[pid][1] == started:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(pid, signal.SIGKILL)
     path.unlink()
 
 

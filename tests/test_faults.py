@@ -149,12 +149,26 @@ def test_failing_trials_are_failed_in_mlflow_and_the_sweep_goes_on(tmp_path):
     root = tmp_path / "data"
     shutil.copytree(SAMPLE, root)
     hau = root / "ner" / "masakhaner2" / "hau" / "train.txt"
-    hau.write_text("\n\n".join(hau.read_text(encoding="utf-8").split("\n\n")[:10]) + "\n",
-                   encoding="utf-8")  # too small for source_train_size 40: every hau trial fails
-    proc = sweep(["--config", write_sweep(tmp_path, grid="true"), "--data-root", str(root),
-                  "--output-dir", str(tmp_path / "out")])
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "2 trial(s) failed" in proc.stderr
+    full = hau.read_text(encoding="utf-8")
+    small = "\n\n".join(full.split("\n\n")[:10]) + "\n"  # too small for source_train_size 40
+    args = [sys.executable, "sweeps/pairs.py", "--config", write_sweep(tmp_path, grid="true"),
+            "--data-root", str(root), "--output-dir", str(tmp_path / "out")]
+    hau.write_text(small, encoding="utf-8")
+    proc = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "source_train_size=40" in proc.stderr, "found by the pre-flight"
+    assert not (tmp_path / "out" / "tune").exists()
+
+    hau.write_text(full, encoding="utf-8")  # it passes the pre-flight, then breaks before the
+    driver = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,  # trials read it
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in driver.stdout:  # the plan is printed after the pre-flight, before Ray starts
+        if line.startswith("Sweep 'faults'"):
+            hau.write_text(small, encoding="utf-8")
+            break
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 1, stdout[-2000:] + stderr[-2000:]
+    assert "2 trial(s) failed" in stderr
     trials = runs(tmp_path / "out" / "mlflow.db", "faults")
     failed = [r for r in trials if r.info.status == "FAILED"]
     assert len(trials) == 4 and len(failed) == 2
