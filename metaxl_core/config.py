@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,7 @@ class TrialConfig:
         if self.rtn_layers is not None:
             _check(self.rtn_layer is None, "rtn_layers", "replaces rtn_layer: set only one of them")
             parts = self.rtn_layers.split(",")
-            _check(all(p.strip().isdigit() for p in parts), "rtn_layers",
+            _check(all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts), "rtn_layers",
                    f"must be comma-separated layer numbers like '0,6,12', got {self.rtn_layers!r}")
             _check(len(set(map(int, parts))) == len(parts), "rtn_layers",
                    f"lists a layer twice: {self.rtn_layers!r}")
@@ -188,7 +189,7 @@ class TrialConfig:
         _check(self.label_schema in ("shared",), "label_schema", "must be 'shared'")
         _check(self.sentiment_labels in ("binary", "3way"), "sentiment_labels",
                f"must be 'binary' or '3way', got {self.sentiment_labels!r}")
-        _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
+        _check(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None, "device",
                f"must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -212,8 +213,15 @@ class TrialConfig:
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> TrialConfig:
         """Load a YAML file (safe loader); `overrides` win over the file."""
         values = load_yaml_mapping(path)
-        values = dict(values.get("config", values))  # exported files nest the config
-        values.update(overrides or {})
+        values = values.get("config", values)  # exported files nest the config
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: config: expected a mapping of fields, got "
+                              f"{type(values).__name__}")
+        hints = typing.get_type_hints(cls)
+        for name, value in (overrides or {}).items():  # a bad flag is named as the flag
+            if name in hints:
+                _coerce(name, value, hints[name], f"--{name.replace('_', '-')}")
+        values = {**values, **(overrides or {})}
         return cls.from_dict(values, source=str(path))
 
     @property
@@ -254,10 +262,16 @@ def load_yaml_mapping(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:  # a directory, no permission, ...
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
-        values = yaml.safe_load(text)
+        loader = _UniqueKeyLoader(text)
+        try:
+            values = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     if values is None:
@@ -265,6 +279,22 @@ def load_yaml_mapping(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
     return values
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key written twice in one mapping (YAML would keep the last);
+    keys brought in by a `<<` merge may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _check(ok: bool, name: str, message: str) -> None:

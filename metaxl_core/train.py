@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 from metaxl_core import data as data_lib
 from metaxl_core.config import RTN_METHODS, SPLIT_TARGET_METHODS, TrialConfig
 from metaxl_core.encoders import load_encoder, trim_vocabulary
-from metaxl_core.errors import MetaXLError
+from metaxl_core.errors import ConfigError, MetaXLError
 from metaxl_core.frozen import frozen_fidelity
 from metaxl_core.meta import metaxl_step, plain_step
 from metaxl_core.metrics import ner_scores, sentiment_scores
@@ -270,6 +270,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         progress: show a tqdm bar per epoch.
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    if cfg.output_dir and os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
+        raise ConfigError(f"output_dir: {cfg.output_dir} exists and is not a folder")
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

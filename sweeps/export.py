@@ -3,8 +3,10 @@
     python sweeps/export.py --mlflow-uri sqlite:///runs/sweep/mlflow.db --out exports/
     python -m metaxl_core.train --config exports/yor.yaml      # re-run the best of yor
 
-Selection: among FINISHED trial runs of the experiment (runs stopped early by ASHA never ran
-every epoch, so re-running them would not reproduce their numbers), the highest best dev F1;
+Selection: among FINISHED trial runs of the sweep's latest attempt (the `sweep_id` of the most
+recently started parent run: an abandoned attempt in the same experiment is ignored; runs
+stopped early by ASHA never ran every epoch, so re-running them would not reproduce their
+numbers), the highest best dev F1;
 ties go to the earlier run, then the smaller run id. Each target gets `<lang>.yaml` (and
 `<lang>-2.yaml`... with --top-k), plus `index.yaml` listing them, written last.
 """
@@ -24,11 +26,19 @@ from metaxl_core.errors import MetaXLError
 from sweeps.tracking import default_tracking_uri, open_experiment
 
 
+def latest_attempt(client, experiment_id: str) -> str | None:
+    """The sweep id of the experiment's most recently started sweep attempt, or None."""
+    parents = client.search_runs([experiment_id], "tags.role = 'target'", max_results=1,
+                                 order_by=["attributes.start_time DESC"])
+    return parents[0].data.tags["sweep_id"] if parents else None
+
+
 def best_runs(uri: str, experiment: str, top_k: int = 1) -> dict[str, list[dict]]:
     """Per target: up to top_k records {config, metrics, run_id, ...}, best first."""
     client, experiment_id = open_experiment(uri, experiment, create=False)
+    sweep_id = latest_attempt(client, experiment_id)
     runs = client.search_runs([experiment_id], "tags.role = 'trial' and attributes.status = "
-                              "'FINISHED'", max_results=50000)
+                              f"'FINISHED' and tags.sweep_id = '{sweep_id}'", max_results=50000)
     by_target: dict[str, list] = {}
     for run in runs:
         if "best/dev_f1" not in run.data.metrics:
@@ -51,6 +61,7 @@ def _record(run) -> dict:
     return {
         "target": run.data.tags["target"], "method": config["method"], "source": config["source"],
         "run_id": run.info.run_id, "trial_id": run.data.tags.get("trial_id"),
+        "sweep_id": run.data.tags.get("sweep_id"),
         "metrics": {"dev_f1": metrics["best/dev_f1"], "test_f1": metrics["best/test_f1"],
                     "best_epoch": int(metrics["best/epoch"])},
         "config": config,
@@ -66,9 +77,10 @@ def _write(path: Path, data: dict) -> None:
 
 def export(uri: str, experiment: str, out: Path, top_k: int = 1) -> list[Path]:
     """Write the files; returns their paths (index.yaml last)."""
+    chosen = best_runs(uri, experiment, top_k)  # fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     written, index = [], []
-    for target, records in best_runs(uri, experiment, top_k).items():
+    for target, records in chosen.items():
         lang = target.split(":")[-1]
         for rank, record in enumerate(records, start=1):
             path = out / (f"{lang}.yaml" if rank == 1 else f"{lang}-{rank}.yaml")

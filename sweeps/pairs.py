@@ -15,12 +15,15 @@ learning rates. Searches run concurrently across the cluster, each driven by a R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import ray
@@ -32,13 +35,15 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from metaxl_core import data as data_lib
-from metaxl_core.encoders import load_encoder
-from metaxl_core.errors import MetaXLError
+from metaxl_core.encoders import encoder_depth
+from metaxl_core.errors import ConfigError, MetaXLError
 from metaxl_core.train import run_trial
 from sweeps.settings import CHOICES, SweepConfig
 from sweeps.tracking import MLflowTracker, default_tracking_uri, open_experiment, target_run
 
 METRIC, MODE = "dev/f1", "max"
+SWEEP_ID = "sweep_id.txt"  # the attempt id of the sweep in an output folder
+RAY_PROCESSES = "ray-processes.json"  # the local Ray's processes: pid and start time
 
 
 # ---------------------------------------------------------------------------- Tune pieces
@@ -213,12 +218,101 @@ def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None) -
               f"{', '.join((['source'] if len(search['sources']) > 1 else []) + search['dimensions'])}")
 
 
-def check_datasets(sweep: SweepConfig) -> None:
-    """Fail before launching anything if a target or source cannot be read (unknown dataset
-    or language, missing files, hub unreachable): reads each one's dev split."""
-    root = data_lib.resolve_data_root(sweep.data_root)
-    for name in sweep.datasets():
-        data_lib.read_split(data_lib.DataSpec.parse(name), "dev", root)
+def check_inputs(sweep: SweepConfig, searches: list[dict]) -> int:
+    """Fail before launching anything on what every trial would fail on: read every split each
+    trial reads (train, dev and test, sampled to the configured sizes), and check the RTN
+    layers against the encoder's depth (from its config). Returns that depth."""
+    encoder = sweep.base_trial(sweep.targets[0], sweep.methods[0]).encoder
+    n_layers = encoder_depth(encoder)
+    seen = set()
+    for search in searches:
+        for source in search["sources"]:
+            trial = sweep.base_trial(search["target"], search["method"], source)
+            trial.insertion_layers(n_layers)  # a fixed rtn_layer / rtn_layers
+            if (trial.target, trial.source, trial.method) not in seen:
+                seen.add((trial.target, trial.source, trial.method))
+                data_lib.load_task_data(trial)
+    where = f"encoder {encoder!r} has {n_layers} layers"
+    if "rtn_layer" in sweep.space:
+        low, high = sweep.space["rtn_layer"]
+        if low > n_layers:
+            raise ConfigError(f"space.rtn_layer: [{low}, {high}] lies above the last layer; {where}")
+        if high is not None and high > n_layers:
+            print(f"warning: space.rtn_layer: upper bound {high} lowered to {n_layers}; {where}",
+                  flush=True)
+    for layers in sweep.space.get("rtn_layers", []):
+        if max(int(k) for k in layers.split(",")) > n_layers:
+            raise ConfigError(f"space.rtn_layers: {layers!r} names a layer above the last; {where}")
+    return n_layers
+
+
+def check_output_dir(output_dir: Path, resume: bool) -> None:
+    """A sweep folder holds one sweep: refuse to start a second one in it (its Tune state and
+    MLflow runs would mix with the first's); --resume continues it, from a folder this user owns
+    only (it unpickles Ray Tune state from there)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output-dir: {output_dir} exists and is not a folder")
+    if resume:
+        for path in (output_dir, output_dir / "tune"):
+            if path.exists() and path.stat().st_uid != os.getuid():
+                raise ConfigError(f"--resume: {path} is not owned by the current user; resuming "
+                                  "unpickles Ray Tune state from it, so it must be trusted")
+    elif any((output_dir / name).exists() for name in (SWEEP_ID, "tune", "summary.json")):
+        raise ConfigError(f"{output_dir} already holds a sweep (finished or interrupted); pass "
+                          "--resume to continue it or --output-dir for a new one")
+
+
+def attempt_id(output_dir: Path, name: str) -> str:
+    """This sweep attempt's id, tagged on each of its MLflow runs: a resumed attempt keeps its
+    id, a new one gets a fresh one (written before any run is created)."""
+    path = output_dir / SWEEP_ID
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(sweep_id, encoding="utf-8")
+    os.replace(tmp, path)
+    return sweep_id
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time) of every process (Linux /proc)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        table[int(stat.parent.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def record_local_ray(output_dir: Path) -> None:
+    """Note the processes of the local Ray just started (this driver's descendants), so the
+    next start can stop any that outlive a killed driver (Ray's agents ignore SIGTERM)."""
+    table, mine, found = _processes(), {os.getpid()}, True
+    while found:
+        found = {pid for pid, (parent, _) in table.items() if parent in mine} - mine
+        mine |= found
+    mine.discard(os.getpid())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RAY_PROCESSES).write_text(json.dumps(
+        [[pid, table[pid][1]] for pid in sorted(mine)]), encoding="utf-8")
+
+
+def stop_leftover_ray(output_dir: Path) -> None:
+    """Kill the processes recorded by an earlier local Ray of this sweep folder that are still
+    alive (same pid and start time, so never a process that reused a pid)."""
+    path = output_dir / RAY_PROCESSES
+    if not path.exists():
+        return
+    table = _processes()
+    for pid, started in json.loads(path.read_text(encoding="utf-8")):
+        if pid in table and table[pid][1] == started:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(pid, signal.SIGKILL)
+    path.unlink()
 
 
 def check_resources(sweep: SweepConfig, address: str | None) -> None:
@@ -337,20 +431,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         output_dir = Path(args.output_dir).resolve()
         summary_path = output_dir / "summary.json"
-        if summary_path.exists() and not args.resume:
-            raise MetaXLError(f"{output_dir} already holds a finished sweep; pass --resume to "
-                              "continue it or --output-dir for a new one")
-        check_datasets(sweep)
+        check_output_dir(output_dir, args.resume)
+        n_layers = check_inputs(sweep, searches)
         uri = args.mlflow_uri or default_tracking_uri(str(output_dir))
         client, experiment_id = open_experiment(uri, sweep.name)
-        encoder, _ = load_encoder(sweep.base_trial(sweep.targets[0], sweep.methods[0]).encoder)
-        n_layers = encoder.config.num_hidden_layers  # bounds the rtn_layer dimension
-        del encoder
         print_plan(sweep, searches, n_layers)
+        if args.address is None:
+            stop_leftover_ray(output_dir)
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}} if args.address else None)
+        if args.address is None:
+            record_local_ray(output_dir)
         check_resources(sweep, args.address)
-        sweep_id = sweep.name
+        sweep_id = attempt_id(output_dir, sweep.name)
         parents = {t: target_run(client, experiment_id, sweep_id, t) for t in sweep.targets}
         storage = str(output_dir / "tune")
         # Search drivers stay on this node: losing a worker node must not lose a search.
@@ -361,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                    for i, s in enumerate(searches)]
         outcomes = ray.get(futures)
         ray.shutdown()  # flushes the searches' output before the summary
+        (output_dir / RAY_PROCESSES).unlink(missing_ok=True)
     except MetaXLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -375,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(rows)
     errors = [e for o in outcomes for e in o["mlflow_errors"]]
     failed = [t for o in outcomes for t in o["trials"] if t["error"]]
-    summary = {"sweep": sweep.name, "mlflow_uri": uri, "wall_time_s": round(time.time() - started, 1),
+    summary = {"sweep": sweep.name, "sweep_id": sweep_id, "mlflow_uri": uri,
+               "wall_time_s": round(time.time() - started, 1),
                "targets": rows, "failed_trials": failed, "mlflow_errors": errors,
                "searches": [{"name": o["name"], "trials": o["trials"]} for o in outcomes]}
     tmp = summary_path.with_suffix(".json.tmp")

@@ -17,6 +17,8 @@ A sweep file looks like:
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -95,6 +97,9 @@ class SweepConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid setting."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ConfigError(f"name: must be letters, digits, '_', '-' or '.' (it names the "
+                              f"MLflow experiment and appears in its search filters), got {self.name!r}")
         if self.task not in TASKS:
             raise ConfigError(f"task: must be one of {TASKS}, got {self.task!r}")
         for name in ("targets", "sources", "methods"):
@@ -133,7 +138,7 @@ class SweepConfig:
             bounds = self.space.get(name)
             if bounds is not None and not (len(bounds) == 2 and all(
                     isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
-                    and 0 < bounds[0] < bounds[1]):
+                    and 0 < bounds[0] < bounds[1] < math.inf):
                 raise ConfigError(f"space.{name}: must be [low, high] with 0 < low < high, "
                                   f"got {bounds!r}")
         layers = self.space.get("rtn_layer")
@@ -146,7 +151,8 @@ class SweepConfig:
             raise ConfigError("space: search rtn_layer (one RTN) or rtn_layers (insertion sets "
                               "such as '0,12'), not both")
         for layers in self.space.get("rtn_layers", []):
-            if not (isinstance(layers, str) and all(p.strip().isdigit() for p in layers.split(","))):
+            if not (isinstance(layers, str) and all(re.fullmatch(r"\s*[0-9]+\s*", p)
+                                                    for p in layers.split(","))):
                 raise ConfigError(f"space.rtn_layers: each choice must be a string of layer "
                                   f"numbers like '0,12', got {layers!r}")
         for name, allowed in CHOICES.items():
@@ -222,7 +228,7 @@ def _check_type(where: str, key: str, value, hint) -> None:
         hint = next(a for a in args if a is not type(None))
     base = typing.get_origin(hint) or hint
     if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     elif base is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif base is list:

@@ -1,8 +1,11 @@
 """MLflow tracking of sweeps, done on the driver by a Ray Tune callback.
 
-Layout: one experiment per sweep; a parent run per target language (tag `role=target`) that
-records the best trial; one child run per Tune trial (tag `role=trial`, `trial_id`), found
-again by its trial id on resume, so a resumed sweep never duplicates a run. Runs stopped
+Layout: one experiment per sweep name; a parent run per target language and sweep attempt
+(tags `role=target`, `sweep_id`) that records the best trial; one child run per Tune trial (tag
+`role=trial`, `trial_id`), found again by its trial id on resume, so a resumed sweep never
+duplicates a run, and epochs a restarted trial reports again are not logged twice. A run no
+trial owns at the end (its trial started after Tune's last saved state and a resume replaced
+it) ends KILLED as `role=abandoned_trial` with tag `killed_reason`. Runs stopped
 early by the scheduler end as KILLED with tag `stopped_early=true`, failed trials as FAILED
 with the error. A logging call that fails (server down) is kept and retried; whatever still
 fails at the end is reported, never dropped silently.
@@ -14,16 +17,20 @@ import json
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from metaxl_core.config import source_label
 from metaxl_core.errors import ConfigError
 
+# The tracking stores MLflow's client accepts (file: and bare paths: the deprecated file store).
+URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 SECRET_PATTERN = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 
 
@@ -34,10 +41,18 @@ def default_tracking_uri(output_dir: str) -> str:
 
 
 def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowClient, str]:
-    """Connect and get (or create) the sweep's experiment; ConfigError naming the URI if the
-    tracking server cannot be reached (before any trial is launched)."""
-    if uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
+    """Connect and get (or create, idempotently: a concurrent sweep may create it first) the
+    sweep's experiment; ConfigError naming the URI if the tracking store is unusable (before
+    any trial is launched). With create=False nothing is created, not even a sqlite file."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]  # postgresql+psycopg2: postgresql
+    if scheme not in URI_SCHEMES:
+        raise ConfigError(f"MLflow tracking URI {uri!r}: unknown scheme {scheme!r}; use one of "
+                          f"{', '.join(URI_SCHEMES)}")
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if not create and not os.path.isfile(path):
+            raise ConfigError(f"MLflow tracking URI {uri!r}: no database file {path}")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail fast at start, retry later
@@ -45,7 +60,14 @@ def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowCli
         experiment = client.get_experiment_by_name(name)
         if experiment is None and not create:
             raise ConfigError(f"no experiment {name!r} at {uri}")
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+        if experiment is None:
+            try:
+                return client, client.create_experiment(name)
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = client.get_experiment_by_name(name)  # another sweep created it
+        return client, experiment.experiment_id
     except ConfigError:
         raise
     except Exception as err:  # any transport or store error means: unusable
@@ -57,7 +79,6 @@ def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowCli
             os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
         else:
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
-    return client, experiment_id
 
 
 def find_run(client: MlflowClient, experiment_id: str, **tags) -> str | None:
@@ -154,7 +175,9 @@ class MLflowTracker(tune.Callback):
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         history = self.history.setdefault(trial.trial_id, [])
-        history[:] = [m for m in history if m["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
+        if any(m["epoch"] == epoch for m in history):
+            return  # a trial restarted from scratch reports it again: keep the first copy
+        history.append({"epoch": epoch, **metrics})
         best = max(self.history[trial.trial_id], key=lambda m: (m.get("dev/f1", 0.0), -m["epoch"]))
         summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/epoch": best["epoch"],
                    **({"best/test_f1": best["test/f1"]} if "test/f1" in best else {}),
@@ -181,9 +204,24 @@ class MLflowTracker(tune.Callback):
                                        "error_summary": error.splitlines()[-1][:500]})
 
     def on_experiment_end(self, trials, **info):
+        self._do(lambda: self._end_orphans({t.trial_id for t in trials}))
         errors = self.flush(attempts=5)
         with open(self.error_file, "w", encoding="utf-8") as handle:
             json.dump(errors, handle)
+
+    def _end_orphans(self, trial_ids: set[str]) -> None:
+        """End as KILLED every run of this search that no trial owns: a trial started after
+        Tune's last saved state, which a resume replaced with a new trial."""
+        query = " and ".join(f"tags.{k} = '{self.tags[k]}'" for k in ("sweep_id", "search"))
+        role = self.tags.get("role", "trial")
+        for run in self.client.search_runs([self.experiment_id], f"{query} and tags.role = "
+                                           f"'{role}'", max_results=50000):
+            if run.data.tags.get("trial_id") not in trial_ids:
+                self.client.log_batch(run.info.run_id, tags=[
+                    RunTag("role", f"abandoned_{role}"),
+                    RunTag("killed_reason", "its trial started after the last saved Tune state "
+                           "and was replaced by another trial on resume")])
+                self.client.set_terminated(run.info.run_id, status="KILLED")
 
     def _finish(self, trial, status: str, tags: dict) -> None:
         history = list(self.history.get(trial.trial_id, []))

@@ -25,6 +25,10 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Scripts the tests start (sweeps/pairs.py, its Ray workers) import this checkout, even when the
+# environment's editable install points at another one.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 

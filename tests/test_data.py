@@ -317,6 +317,22 @@ def test_iob2_repair_in_a_user_folder(tmp_path):
     assert task.notes["iob2_repairs"]["target_train"] == 3
 
 
+def test_empty_tokens_of_published_files_are_skipped_and_counted(tmp_path):
+    """MasakhaNER 2.0's isiXhosa train.txt has two lines of a space-only token and its tag."""
+    for split in data.SPLITS:
+        make_root(tmp_path, f"ner/masakhaner2/xho/{split}.txt",
+                  b"Ndi O\n  O\nkwa B-LOC\n\nUmntu O\n O\nu B-PER\n")
+    sentences = read_split(DataSpec.parse("ner:masakhaner2:xho"), "train", tmp_path)
+    assert sentences == [{"tokens": ["Ndi", "kwa"], "tags": ["O", "B-LOC"]},
+                         {"tokens": ["Umntu", "u"], "tags": ["O", "B-PER"]}]
+    task = load_task_data(cfg(source=None, method="target_only", target="ner:masakhaner2:xho",
+                              target_train_size=2, data_root=str(tmp_path)))
+    assert task.notes["empty_tokens_skipped"]["target_train"] == 2
+    make_root(tmp_path, "ner/masakhaner2/xho/dev.txt", b"Ndi O\n  Xhosa\n")  # still malformed
+    with pytest.raises(DataError, match=r"dev\.txt:2: expected 2 columns"):
+        read_split(DataSpec.parse("ner:masakhaner2:xho"), "dev", tmp_path)
+
+
 _FUZZ_DIR = Path(tempfile.mkdtemp(prefix="metaxl-fuzz-"))
 _PIECES = st.sampled_from(["O", "B-PER", "I-LOC", "B-", "E-X", "-DOCSTART-", " ", "\t", "\n",
                            "\r\n", "\n\n", "tweet", "label", "text", "polarity", "positive",

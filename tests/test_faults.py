@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from metaxl_core.errors import TrainingError
@@ -148,12 +149,26 @@ def test_failing_trials_are_failed_in_mlflow_and_the_sweep_goes_on(tmp_path):
     root = tmp_path / "data"
     shutil.copytree(SAMPLE, root)
     hau = root / "ner" / "masakhaner2" / "hau" / "train.txt"
-    hau.write_text("\n\n".join(hau.read_text(encoding="utf-8").split("\n\n")[:10]) + "\n",
-                   encoding="utf-8")  # too small for source_train_size 40: every hau trial fails
-    proc = sweep(["--config", write_sweep(tmp_path, grid="true"), "--data-root", str(root),
-                  "--output-dir", str(tmp_path / "out")])
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "2 trial(s) failed" in proc.stderr
+    full = hau.read_text(encoding="utf-8")
+    small = "\n\n".join(full.split("\n\n")[:10]) + "\n"  # too small for source_train_size 40
+    args = [sys.executable, "sweeps/pairs.py", "--config", write_sweep(tmp_path, grid="true"),
+            "--data-root", str(root), "--output-dir", str(tmp_path / "out")]
+    hau.write_text(small, encoding="utf-8")
+    proc = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "source_train_size=40" in proc.stderr, "found by the pre-flight"
+    assert not (tmp_path / "out" / "tune").exists()
+
+    hau.write_text(full, encoding="utf-8")  # it passes the pre-flight, then breaks before the
+    driver = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,  # trials read it
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in driver.stdout:  # the plan is printed after the pre-flight, before Ray starts
+        if line.startswith("Sweep 'faults'"):
+            hau.write_text(small, encoding="utf-8")
+            break
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 1, stdout[-2000:] + stderr[-2000:]
+    assert "2 trial(s) failed" in stderr
     trials = runs(tmp_path / "out" / "mlflow.db", "faults")
     failed = [r for r in trials if r.info.status == "FAILED"]
     assert len(trials) == 4 and len(failed) == 2
@@ -230,3 +245,67 @@ def test_two_node_cluster_spreads_trials_and_survives_losing_a_worker(tmp_path):
                 os.killpg(node.pid, signal.SIGTERM)
                 node.wait(timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- sweep folders, stores
+def test_an_interrupted_sweep_folder_is_not_reused_without_resume(tmp_path, capsys):
+    from sweeps import pairs
+    (tmp_path / "out" / "tune").mkdir(parents=True)  # an interrupted attempt: no summary.json
+    assert pairs.main(["--config", write_sweep(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "already holds a sweep (finished or interrupted); pass --resume" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_folder_of_another_user(tmp_path, monkeypatch):
+    from metaxl_core.errors import ConfigError
+    from sweeps import pairs
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(pairs.os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
+    with pytest.raises(ConfigError, match="not owned by the current user"):
+        pairs.check_output_dir(tmp_path / "out", resume=True)
+
+
+def test_each_attempt_has_its_own_parent_runs_and_export_reads_the_latest(tmp_path):
+    from sweeps import export, pairs
+    from sweeps.tracking import target_run
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"  # one tracking store, two sweeps of one name
+    client, experiment_id = open_experiment(uri, "same-name")
+    ids = [pairs.attempt_id(tmp_path / folder, "same-name") for folder in ("a", "b")]
+    assert ids[0] != ids[1] and pairs.attempt_id(tmp_path / "a", "same-name") == ids[0]
+    for sweep_id, dev_f1 in zip(ids, (0.9, 0.5)):  # the first attempt was abandoned
+        parent = target_run(client, experiment_id, sweep_id, "ner:masakhaner2:yor")
+        assert target_run(client, experiment_id, sweep_id, "ner:masakhaner2:yor") == parent
+        run = client.create_run(experiment_id, tags={
+            "role": "trial", "sweep_id": sweep_id, "target": "ner:masakhaner2:yor",
+            "mlflow.parentRunId": parent}).info.run_id
+        client.log_batch(run, params=[Param("method", "joint"), Param("source", "ner:conll2003:en")])
+        for key, value in {"best/dev_f1": dev_f1, "best/test_f1": 0.1, "best/epoch": 1}.items():
+            client.log_metric(run, key, value)
+        client.set_terminated(run)
+    assert len(client.search_runs([experiment_id], "tags.role = 'target'")) == 2
+    (record,) = export.best_runs(uri, "same-name")["ner:masakhaner2:yor"]
+    assert record["sweep_id"] == ids[1] and record["metrics"]["dev_f1"] == 0.5
+
+
+def test_experiment_creation_is_idempotent_under_a_race(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, experiment_id = open_experiment(uri, "raced")  # the other sweep created it first
+    real = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def not_yet(self, name):  # ... just after this sweep looked
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_yet)
+    assert open_experiment(uri, "raced")[1] == experiment_id
+
+
+def test_bad_tracking_uris_fail_cleanly_and_create_nothing(tmp_path):
+    from metaxl_core.errors import ConfigError
+    from sweeps import export
+    with pytest.raises(ConfigError, match="unknown scheme 'foo'"):
+        open_experiment("foo://host/x", "any")
+    missing = tmp_path / "nope" / "mlflow.db"
+    assert export.main(["--mlflow-uri", f"sqlite:///{missing}", "--out",
+                        str(tmp_path / "exports")]) == 2
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "exports").exists()

@@ -2,12 +2,9 @@
 re-run that reproduces the exported metric, and --resume after the driver is killed."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -65,7 +62,7 @@ def test_sweep_logs_one_tagged_run_per_trial(finished_sweep):
         tags = run.data.tags
         assert tags["target_lang"] in ("yor", "ibo") and tags["method"] in ("metaxl", "joint")
         assert tags["source_lang"] in ("en", "hau") and tags["task"] == "ner"
-        assert tags["encoder"] == "tiny-bert" and tags["sweep_id"] == "test-sweep"
+        assert tags["encoder"] == "tiny-bert" and tags["sweep_id"].startswith("test-sweep-")
         assert run.info.status in ("FINISHED", "KILLED")
         assert "dev/f1" in run.data.metrics and "best/test_f1" in run.data.metrics
         assert run.data.params["method"] == tags["method"]
@@ -142,33 +139,73 @@ def test_trials_checkpoint_once_the_interval_has_passed_and_never_after_the_last
     assert reports == [(e, "node-1", c) for e, c in zip((1, 2, 3), checkpointed)]
 
 
+KILL_SWEEP = """
+name: kill-sweep
+targets: [ner:masakhaner2:yor]
+sources: [ner:conll2003:en]
+methods: [joint]
+trials_per_search: 4
+max_concurrent: 2
+space: {lr: [1.0e-4, 3.0e-3]}
+trial: {encoder: tiny-bert, epochs: 3, source_train_size: 40, target_train_size: 30,
+        target_dev_size: 30, max_seq_length: 48}
+"""
+
+
 def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_path):
-    command = sweep_command(tmp_path, 2)
-    driver = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill once some trials have reported
-        if (tmp_path / "out" / "mlflow.db").exists() and len(trial_runs_safe(tmp_path)) >= 2:
-            break
-        time.sleep(1)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-                   capture_output=True)  # the killed driver's local Ray
-    proc = subprocess.run(command + ["--resume"], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = trial_runs(tmp_path)
-    assert len(runs) == 2 * 2 * 2
-    assert len({r.data.tags["trial_id"] for r in runs}) == len(runs)
-    assert not [r for r in runs if r.info.status == "RUNNING"]
+    """SIGKILL the driver before any trial, with trials running before Tune's first snapshot,
+    and after some finished; each --resume continues the same attempt and the last one ends it."""
+    from sweeps.pairs import RAY_PROCESSES, _processes, stop_leftover_ray
+    config, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    config.write_text(KILL_SWEEP, encoding="utf-8")
+    command = [sys.executable, "sweeps/pairs.py", "--config", str(config), "--output-dir", str(out)]
+    db = f"sqlite:///{out / 'mlflow.db'}"
 
+    def runs(role="trial"):
+        try:
+            client = MlflowClient(db)
+            experiment = client.get_experiment_by_name("kill-sweep")
+            return client.search_runs([experiment.experiment_id], f"tags.role = '{role}'")
+        except Exception:  # the store is being created by the driver
+            return []
 
-def trial_runs_safe(tmp_path):
+    moments = [lambda: (out / "sweep_id.txt").exists(),  # before any trial
+               lambda: len(runs()) >= 1,  # trials running, before any snapshot
+               lambda: any(r.info.status == "FINISHED" for r in runs())]  # some finished
+    left_behind = {}
     try:
-        return trial_runs(tmp_path)
-    except Exception:  # the store is being created by the driver
-        return []
+        for index, moment in enumerate(moments):
+            driver = subprocess.Popen(command + ["--resume"] * (index > 0), cwd=PROJECT_ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 300
+            while not moment() and driver.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            assert driver.poll() is None, f"the sweep ended before kill moment {index}"
+            if (out / RAY_PROCESSES).exists():
+                left_behind.update(json.loads((out / RAY_PROCESSES).read_text()))
+            driver.kill()  # the driver only, as a crash or the OOM killer would
+            driver.wait()
+        proc = subprocess.run(command + ["--resume"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        stop_leftover_ray(out)
+    table = _processes()
+    assert not [p for p, started in left_behind.items() if table.get(int(p), (0, ""))[1] == started]
+    summary = json.loads((out / "summary.json").read_text())
+    trial_ids = sorted(t["trial_id"] for s in summary["searches"] for t in s["trials"])
+    trials = runs()
+    assert sorted(r.data.tags["trial_id"] for r in trials) == trial_ids, "one run per trial"
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
+    client = MlflowClient(db)
+    for run in trials:  # a restarted trial did not log its epochs twice
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "dev/f1")]
+        assert sorted(steps) == sorted(set(steps)), (run.data.tags["trial_id"], steps)
+    for run in runs("abandoned_trial"):
+        assert run.info.status == "KILLED" and "resume" in run.data.tags["killed_reason"]
+    assert {r.data.tags["sweep_id"] for r in trials + runs("target")} == {
+        (out / "sweep_id.txt").read_text()}, "one attempt, one parent run per target"
+    assert len(runs("target")) == 1
 
 
 def test_a_sweep_searches_source_sets_with_per_source_rtns(tmp_path):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from metaxl_core.config import TrialConfig
-from metaxl_core.errors import ConfigError
+from metaxl_core.errors import ConfigError, MetaXLError
 from sweeps.settings import SweepConfig
 from tests.conftest import PROJECT_ROOT, SHARED_DATA
 
@@ -81,6 +81,14 @@ def test_flags_override_the_file(tmp_path):
     ("space: {rtn_per_source: [yes, 'no']}\n", "space.rtn_per_source: each choice must be one of"),
     ("sources: ['ner:conll2003:en,ner-x-y']\n", "'ner-x-y' must look like 'ner:dataset:language'"),
     ("- a\n- b\n", "expected a mapping at the top level"),
+    ("name: it's\n", "name: must be letters, digits"),
+    ("space: {rtn_layers: ['0,a']}\n", "space.rtn_layers: each choice must be a string"),
+    ("space: {rtn_layers: ['0,\u00b2']}\n", "space.rtn_layers: each choice must be a string"),
+    ("trials_per_search: 3\ntrials_per_search: 4\n", "duplicate key 'trials_per_search'"),
+    ("cpus_per_trial: .inf\n", "cpus_per_trial: expected float, got inf"),
+    ("checkpoint_interval_s: .nan\n", "checkpoint_interval_s: expected float, got nan"),
+    ("space: {lr: [1.0e-5, .inf]}\n", "space.lr: must be [low, high] with 0 < low < high"),
+    ("trial: {device: 'cuda:abc'}\n", "device: must be 'auto', 'cpu' or 'cuda[:N]'"),
 ])
 def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
     path = write(tmp_path, text)
@@ -115,6 +123,8 @@ def test_dry_run_prints_the_plan_counts():
     ("epochs", "ten", "epochs: expected int, got 'ten'"),
     ("source", "ner:masakhaner2:yor", "source: includes the target"),
     ("source", "ner:conll2003:en,ner:masakhaner2:yor", "source: includes the target"),
+    ("rtn_layers", "0,\u00b2", "rtn_layers: must be comma-separated layer numbers"),
+    ("device", "cuda:abc", "device: must be 'auto', 'cpu' or 'cuda[:N]'"),
 ])
 def test_trial_config_names_the_bad_field(field, value, message):
     with pytest.raises(ConfigError) as err:
@@ -130,6 +140,73 @@ def test_hand_edited_export_with_invalid_value_fails_before_training(tmp_path):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "yor.yaml" in proc.stderr and "rtn_width: must be > 0" in proc.stderr
+
+
+def train(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "metaxl_core.train", *map(str, args)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_trial_command_line_names_the_bad_input(tmp_path):
+    trial = tmp_path / "trial.yaml"
+    trial.write_text("epochs: 1\n", encoding="utf-8")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("config: [lr, 0.1]\n", encoding="utf-8")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("lr: 0.1\nepochs: 2\nlr: 0.2\n", encoding="utf-8")
+    for args, message in [
+            (["--config", tmp_path], f"{tmp_path}: cannot read"),  # a directory
+            (["--config", nested], "nested.yaml: config: expected a mapping of fields, got list"),
+            (["--config", trial, "--lr", "abc"], "--lr: lr: expected float, got 'abc'"),
+            (["--config", dup], "dup.yaml: invalid YAML: duplicate key 'lr'"),
+            (["--config", trial, "--output-dir", trial], "exists and is not a folder")]:
+        proc = train(*args)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and "epoch 1/1" not in proc.stdout
+
+
+def test_rtn_layers_are_checked_against_the_encoder_before_ray_starts(tmp_path, capsys):
+    from sweeps.pairs import check_inputs
+    sweep = SweepConfig.load(write(tmp_path, "space: {rtn_layer: [3, 5]}\n"))  # tiny-bert: 2
+    with pytest.raises(ConfigError, match=r"space.rtn_layer: \[3, 5\] lies above the last layer"):
+        check_inputs(sweep, sweep.searches())
+    sweep = SweepConfig.load(write(tmp_path, "space: {rtn_layer: [0, 5]}\n"))
+    assert check_inputs(sweep, sweep.searches()) == 2
+    assert "space.rtn_layer: upper bound 5 lowered to 2" in capsys.readouterr().out
+    sweep = SweepConfig.load(write(tmp_path, "methods: [metaxl]\nspace: {lr: [1.0e-4, 1.0e-3]}\n"
+                                   "trial: {rtn_layer: 7}\n"))
+    with pytest.raises(ConfigError, match=r"rtn_layer: must be in 0..2 for encoder 'tiny-bert'"):
+        check_inputs(sweep, sweep.searches())
+
+
+def test_encoder_depth_comes_from_the_config_alone(tmp_path):
+    from transformers import BertConfig
+
+    from metaxl_core.encoders import encoder_depth
+    BertConfig(num_hidden_layers=5).save_pretrained(tmp_path)  # a config, no weights at all
+    assert encoder_depth(str(tmp_path)) == 5 and encoder_depth("tiny-bert") == 2
+
+
+def test_pre_flight_reads_every_split_trials_read(tmp_path):
+    from sweeps.pairs import check_inputs
+    root = tmp_path / "data" / "ner"
+    for lang in ("yor", "hau"):
+        for split in ("train", "dev", "test"):
+            path = root / "masakhaner2" / lang / f"{split}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("Ade B-PER\nni O\n\n" * 20, encoding="utf-8")
+    (root / "masakhaner2" / "hau" / "train.txt").write_text("Ade B-PER\nni\n", encoding="utf-8")
+    sweep = SweepConfig.load(write(tmp_path, f"""
+data_root: {tmp_path / 'data'}
+targets: [ner:masakhaner2:yor]
+sources: [ner:masakhaner2:hau]
+trial: {{source_train_size: 10, target_train_size: 10}}
+"""))
+    with pytest.raises(MetaXLError, match=r"hau.train\.txt:2: expected 2 columns"):
+        check_inputs(sweep, sweep.searches())
+    (root / "masakhaner2" / "hau" / "train.txt").write_text("Ade B-PER\n\n" * 5, encoding="utf-8")
+    with pytest.raises(MetaXLError, match=r"has 5 examples but source_train_size=10"):
+        check_inputs(sweep, sweep.searches())
 
 
 @pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "sweeps" / "presets").glob("*.yaml")),
