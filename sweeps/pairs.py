@@ -243,6 +243,12 @@ def check_inputs(sweep: SweepConfig, searches: list[dict]) -> int:
     for layers in sweep.space.get("rtn_layers", []):
         if max(int(k) for k in layers.split(",")) > n_layers:
             raise ConfigError(f"space.rtn_layers: {layers!r} names a layer above the last; {where}")
+    frozen = sweep.base_trial(sweep.targets[0], sweep.methods[0]).freeze_layers
+    lowest = [sweep.space["rtn_layer"][0]] if "rtn_layer" in sweep.space else \
+        [min(int(k) for k in layers.split(",")) for layers in sweep.space.get("rtn_layers", [])]
+    if any(k < frozen for k in lowest):
+        raise ConfigError(f"space: RTN layers from {min(lowest)} would sit inside the frozen layers "
+                          f"(freeze_layers: {frozen}); search layers {frozen}..{n_layers}")
     return n_layers
 
 

@@ -177,6 +177,10 @@ def test_rtn_layers_are_checked_against_the_encoder_before_ray_starts(tmp_path, 
                                    "trial: {rtn_layer: 7}\n"))
     with pytest.raises(ConfigError, match=r"rtn_layer: must be in 0..2 for encoder 'tiny-bert'"):
         check_inputs(sweep, sweep.searches())
+    sweep = SweepConfig.load(write(tmp_path, "space: {rtn_layer: [0, 2]}\ntrial: {freeze_layers: 1, "
+                                   "encoder: tiny-bert, source_train_size: 50}\n"))
+    with pytest.raises(ConfigError, match=r"RTN layers from 0 would sit inside the frozen layers"):
+        check_inputs(sweep, sweep.searches())
 
 
 def test_encoder_depth_comes_from_the_config_alone(tmp_path):
