@@ -31,6 +31,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -252,7 +253,8 @@ def average_row(rows: list[dict], methods: list[str]) -> dict:
 
 # ---------------------------------------------------------------------------- plots
 COLORS = {"target_only": "#9e9e9e", "source_only": "#8da0cb", "joint": "#fc8d62",
-          "metaxl": "#66c2a5", "metaxl_trunc": "#a6d854"}
+          "joint_t1": "#e5c494", "metaxl": "#66c2a5", "metaxl_identity": "#1b9e77",
+          "frozen_rtn": "#e78ac3", "metaxl_trunc": "#a6d854"}
 
 
 def plot_bars(task: str, rows: list[dict], path: Path, metric: str = "test F1 × 100") -> None:
@@ -313,31 +315,42 @@ def plot_heatmap(task: str, rows: list[dict], path: Path) -> bool:
 
 
 def curves(client: MlflowClient, records: list[dict], task: str, target: str,
-           source: str) -> dict:
-    """{method: {epoch: [dev f1 per seed]}} from the runs' metric histories."""
+           source: str) -> tuple[dict, str]:
+    """({method: {x: [dev f1 per seed]}}, x's unit): every dev evaluation by update from the
+    runs' results.json (`evaluations`), else dev F1 per epoch from the metric histories."""
     out: dict[str, dict[int, list[float]]] = {}
-    for r in records:
-        if (r["task"], r["target"], r["source"], r["grid"]) != (task, target, source, ""):
-            continue
-        for metric in client.get_metric_history(r["run_id"], "dev/f1"):
-            out.setdefault(r["method"], {}).setdefault(int(metric.step), []).append(
-                metric.value * 100)
-    return out
+    unit = "update"
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in records:
+            if (r["task"], r["target"], r["source"], r["grid"]) != (task, target, source, ""):
+                continue
+            try:
+                saved = json.loads(Path(client.download_artifacts(r["run_id"], "results.json", tmp))
+                                   .read_text(encoding="utf-8"))
+            except Exception:  # no artifact (a sweep trial): the per-epoch metrics below
+                saved = {}
+            points = [(e["step"], e["dev/f1"]) for e in saved.get("evaluations", [])]
+            if not points:
+                unit = "epoch"
+                points = [(m.step, m.value) for m in client.get_metric_history(r["run_id"], "dev/f1")]
+            for x, value in points:
+                out.setdefault(r["method"], {}).setdefault(int(x), []).append(value * 100)
+    return out, unit
 
 
-def plot_curves(task: str, label: str, data: dict, path: Path) -> None:
+def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
     for m in [m for m in METHOD_ORDER if m in data] + sorted(set(data) - set(METHOD_ORDER)):
-        epochs = sorted(data[m])
-        means = np.array([statistics.fmean(data[m][e]) for e in epochs])
-        stds = np.array([statistics.stdev(data[m][e]) if len(data[m][e]) > 1 else 0.0
-                         for e in epochs])
-        ax.plot(epochs, means, marker="o", label=METHOD_TITLES.get(m, m), color=COLORS.get(m))
-        ax.fill_between(epochs, means - stds, means + stds, alpha=0.15, color=COLORS.get(m))
-    ax.set_xlabel("epoch")
+        xs = sorted(data[m])
+        means = np.array([statistics.fmean(data[m][x]) for x in xs])
+        stds = np.array([statistics.stdev(data[m][x]) if len(data[m][x]) > 1 else 0.0 for x in xs])
+        ax.plot(xs, means, marker="o", markersize=3, label=METHOD_TITLES.get(m, m),
+                color=COLORS.get(m))
+        ax.fill_between(xs, means - stds, means + stds, alpha=0.15, color=COLORS.get(m))
+    ax.set_xlabel(unit)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("dev F1 × 100")
-    ax.set_title(f"{task} {label}: dev F1 per epoch (mean ± std over seeds)", fontsize=9)
+    ax.set_title(f"{task} {label}: dev F1 per {unit} (mean ± std over seeds)", fontsize=9)
     _save_line_plot(fig, ax, path)
 
 
@@ -425,10 +438,10 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
                                      lang(row["target"])):
                 pick = row
                 break
-        curve_data = curves(client, records, task, pick["target"], pick["source"])
+        curve_data, curve_unit = curves(client, records, task, pick["target"], pick["source"])
         curve_path = out / f"{task}_curves.png"
         if curve_data:
-            plot_curves(task, row_label(pick), curve_data, curve_path)
+            plot_curves(task, row_label(pick), curve_data, curve_unit, curve_path)
         md += [f"## {task}", "", markdown_table(rows), ""]
         for extra in EXTRA_METRICS.get(task, []):
             extra_rows = build_tables(records, extra).get(task)
@@ -451,9 +464,9 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
                                         if (d["target"], d["source"]) == (r["target"], r["source"]))}
                      for r in rows],
             "average": average_row(rows, methods_in(rows)),
-            "curves": {"target": pick["target"], "source": pick["source"],
-                       "dev_f1_by_epoch": {m: {str(e): v for e, v in sorted(d.items())}
-                                           for m, d in curve_data.items()}},
+            "curves": {"target": pick["target"], "source": pick["source"], "unit": curve_unit,
+                       "dev_f1": {m: {str(e): v for e, v in sorted(d.items())}
+                                  for m, d in curve_data.items()}},
             "plots": [p.name for p in (bars, heat if has_heat else None,
                                        curve_path if curve_data else None) if p]}
     for task, groups in sens.items():

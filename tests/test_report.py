@@ -41,10 +41,13 @@ def _results(task, target, source, method, test_f1, epochs=2):
     base = "metaxl" if method.startswith("metaxl") else method
     history = [{"epoch": e, "train/loss": 1.0 / e, "dev/f1": test_f1 + 0.01 - 0.05 * (epochs - e),
                 "test/f1": test_f1 - 0.05 * (epochs - e)} for e in range(1, epochs + 1)]
+    # the sentiment runs also saved every dev evaluation (every 50 updates), as run_trial does
+    evaluations = [{"step": 50 * e, "epoch": e, "dev/f1": row["dev/f1"]}
+                   for e, row in enumerate(history, 1)] if task == "sentiment" else []
     return {"config": {"task": task, "target": target, "source": source, "method": base,
                        "encoder": "tiny-bert",
                        "hypergradient": "truncated" if method == "metaxl_trunc" else "exact"},
-            "history": history, "best_epoch": epochs,
+            "history": history, "evaluations": evaluations, "best_epoch": epochs,
             "final": {"dev/f1": test_f1 + 0.01, "test/f1": test_f1}, "wall_time_s": 1.0}
 
 
@@ -125,7 +128,10 @@ def test_bench_report_tables_gains_and_plots(bench_store, tmp_path):
         100 * (np.mean(VALUES[("ner", "ner:masakhaner2:yor", "ner:masakhaner2:ibo")]["metaxl"])
                - np.mean(VALUES[("ner", "ner:masakhaner2:yor", "ner:masakhaner2:ibo")]["joint"])))
     assert data["tasks"]["ner"]["curves"]["target"] == "ner:masakhaner2:yor"
-    assert data["tasks"]["ner"]["curves"]["dev_f1_by_epoch"]["joint"]["2"] == pytest.approx(
+    assert data["tasks"]["ner"]["curves"]["unit"] == "epoch"  # these runs saved no evaluations
+    sentiment = data["tasks"]["sentiment"]["curves"]
+    assert sentiment["unit"] == "update" and sorted(sentiment["dev_f1"]["joint"]) == ["100", "50"]
+    assert data["tasks"]["ner"]["curves"]["dev_f1"]["joint"]["2"] == pytest.approx(
         [100 * (v + 0.01) for v in VALUES[("ner", "ner:masakhaner2:yor", "ner:conll2003:en")]
          ["joint"]])
     for name in ("ner_bars.png", "ner_gain_heatmap.png", "ner_curves.png", "sentiment_bars.png",
