@@ -36,16 +36,12 @@ DIMENSIONS = {"rtn_width": RTN_METHODS, "rtn_layer": RTN_METHODS, "rtn_layers": 
 CHOICES = {"rtn_mixing": RTN_MIXING, "rtn_per_source": (False, True),
            "source_sampling": SOURCE_SAMPLING, "rtn_design": RTN_DESIGNS}
 
-DEFAULT_SPACE = {
-    "rtn_width": [64, 128, 192, 384, 768],  # a categorical choice
-    "rtn_layer": [0, None],  # integer bounds; None = the encoder's last layer
-    # or, instead of rtn_layer, insertion sets: "rtn_layers": ["12", "0,12", "6,12"]
-    # also (categorical): "rtn_design": ["official", "identity"]; with several layers or sources
-    # "rtn_mixing": ["sequential", "softmax"],
-    # "rtn_per_source": [false, true], "source_sampling": ["proportional", "uniform", "learned"]
-    "lr": [1e-5, 1e-4],  # log-uniform bounds
-    "meta_lr": [1e-7, 1e-3],  # log-uniform bounds
-}
+# How a space names its dimensions (sweeps/presets/paper-ner.yaml has the paper's ranges):
+#   rtn_width: [64, 128, 192, 384, 768]      a categorical choice
+#   rtn_layer: [0, null]                     integer bounds; null = the encoder's last layer
+#   rtn_layers: ["12", "0,12", "6,12"]       instead of rtn_layer: insertion sets
+#   lr: [1.0e-5, 1.0e-4], meta_lr: [...]     log-uniform bounds
+#   rtn_design, rtn_mixing, rtn_per_source, source_sampling: categorical, among CHOICES
 
 # The embedded default: small enough to finish in minutes on 2 CPU cores.
 EMBEDDED_TRIAL = {
