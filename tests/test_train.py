@@ -95,3 +95,35 @@ def test_several_rtn_layers_train_in_one_trial(synth_root):
         run_trial(config(synth_root, rtn_layers="0,5", rtn_design="identity"))
     with pytest.raises(ConfigError, match="set only one of them"):
         config(synth_root, rtn_layer=1, rtn_layers="0,2")
+
+
+def test_test_split_is_scored_once_with_the_best_dev_model(synth_root, monkeypatch):
+    """Dev scores are faked to fall after the first evaluation: the single test evaluation must
+    see the parameters of that first evaluation, not the last ones."""
+    from metaxl_core import train
+    seen = {"dev": [], "test": []}
+    real = train.evaluate
+
+    def fake(model, encoded, collator, labels, task, device):
+        split = "test" if encoded is splits["target_test"] else "dev"
+        seen[split].append({k: v.clone() for k, v in model.state_dict().items()})
+        scores = real(model, encoded, collator, labels, task, device)
+        return {**scores, "f1": 1.0 / len(seen["dev"])} if split == "dev" else scores
+
+    cfg = config(synth_root, epochs=2, eval_every=2)
+    splits: dict = {}
+    monkeypatch.setattr(train, "evaluate", fake)
+    original_build = train.build_trial
+
+    def build(cfg_, device):  # keeps the trial's splits, to tell test from dev
+        out = original_build(cfg_, device)
+        splits.update(out[2])
+        return out
+
+    monkeypatch.setattr(train, "build_trial", build)
+    results = train.run_trial(cfg)
+    assert len(seen["test"]) == 1 and len(seen["dev"]) > 2
+    assert results["best_step"] == 2
+    for key, value in seen["dev"][0].items():
+        assert torch.equal(seen["test"][0][key], value), key
+    assert any(not torch.equal(seen["dev"][-1][k], v) for k, v in seen["dev"][0].items())
