@@ -32,15 +32,17 @@ BATCH_SIZE = 64
 
 @functools.lru_cache(maxsize=4)
 def split_once(encoder, frozen_layers: int):
-    """`split_encoder` once per process and encoder; trials deep-copy the top."""
+    """`split_encoder` once per process and encoder (trials deep-copy the top), with the
+    fingerprint of the frozen bottom's weights."""
     bottom, top = split_encoder(encoder, frozen_layers)
-    return bottom.eval(), top
+    return bottom.eval(), top, _fingerprint(bottom)
 
 
 def frozen_fidelity(encoder, encoder_name: str, frozen_layers: int, splits: dict, collator):
     """(top encoder to copy, splits whose features carry "hidden", a collator for them)."""
-    bottom, top = split_once(encoder, frozen_layers)
-    hidden = _cached_states(bottom, encoder_name, frozen_layers, splits, collator)
+    bottom, top, weights = split_once(encoder, frozen_layers)
+    hidden = {name: _split_states(bottom, [encoder_name, weights, frozen_layers], s.features,
+                                  collator) for name, s in splits.items()}
     splits = {name: dataclasses.replace(s, features=[{**f, "hidden": h} for f, h in
                                                      zip(s.features, hidden[name])])
               for name, s in splits.items()}
@@ -55,12 +57,6 @@ def collate_cached(collator, features: list[dict]) -> dict:
 
 
 _MEMORY: dict[str, list[torch.Tensor]] = {}
-
-
-def _cached_states(bottom, encoder_name, frozen_layers, splits, collator) -> dict:
-    weights = _fingerprint(bottom)
-    return {name: _split_states(bottom, [encoder_name, weights, frozen_layers], s.features, collator)
-            for name, s in splits.items()}
 
 
 def _split_states(bottom, model_key: list, features: list[dict], collator) -> list[torch.Tensor]:
