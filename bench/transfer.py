@@ -46,6 +46,7 @@ continues where it stopped (a changed preset field changes the hash and reruns).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import os
@@ -216,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder (default: the preset's output_dir)")
     p.add_argument("--mlflow-uri", help="tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--data-root", help="overrides the preset's data_root")
-    p.add_argument("--only", help="run only keys containing this text (e.g. 'ner|ner:masakhaner2:lug')")
+    p.add_argument("--only", action="append", help="run only keys containing this text, "
+                   "shell wildcards allowed (e.g. 'ner:masakhaner2:lug|*|joint|'); repeat to "
+                   "run keys that match any")
     p.add_argument("--shard", default="0/1", help="I/N: run only runs i with i %% N == I (start N "
                    "processes on one store to use N cores; each skips what the others logged)")
     p.add_argument("--threads", type=int, help="torch threads per process (1 is the most robust "
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.only:
-        runs = [r for r in runs if args.only in r["key"]]
+        runs = [r for r in runs if any(fnmatch.fnmatchcase(r["key"], f"*{pattern}*")
+                                       for pattern in args.only)]
     shard, shards = (int(x) for x in args.shard.split("/"))
     if args.threads:
         import torch
