@@ -39,6 +39,7 @@ from metaxl_core.frozen import frozen_fidelity
 from metaxl_core.meta import metaxl_step, plain_step
 from metaxl_core.metrics import ner_scores, sentiment_scores
 from metaxl_core.model import MetaXLModel
+from metaxl_core.selection import improves
 
 EVAL_BATCH_SIZE = 64
 
@@ -324,7 +325,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         scores = {f"dev/{k}": v for k, v in evaluate(model, splits["target_dev"], collator, labels,
                                                      cfg.task, device).items()}
         evaluations.append({"step": updates, "epoch": epoch + 1, **scores})
-        if scores["dev/f1"] > best["dev/f1"]:
+        if improves(scores["dev/f1"], best["dev/f1"]):
             best = evaluations[-1]
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return scores

@@ -6,8 +6,8 @@
 Selection: among FINISHED trial runs of the sweep's latest attempt (the `sweep_id` of the most
 recently started parent run: an abandoned attempt in the same experiment is ignored; runs
 stopped early by ASHA never ran every epoch, so re-running them would not reproduce their
-numbers), the highest best dev F1;
-ties go to the earlier run, then the smaller run id. Each target gets `<lang>.yaml` (and
+numbers), the best by `metaxl_core.selection` (the highest best dev F1; on a tie the smaller
+trial id, as in the sweep summary and the report). Each target gets `<lang>.yaml` (and
 `<lang>-2.yaml`... with --top-k), plus `index.yaml` listing them, written last.
 """
 
@@ -23,6 +23,7 @@ import yaml
 
 from metaxl_core.config import TrialConfig
 from metaxl_core.errors import MetaXLError
+from metaxl_core.selection import rank_trials
 from sweeps.tracking import default_tracking_uri, open_experiment
 
 
@@ -48,9 +49,9 @@ def best_runs(uri: str, experiment: str, top_k: int = 1) -> dict[str, list[dict]
         raise MetaXLError(f"no finished trial runs in experiment {experiment!r} at {uri}")
     chosen = {}
     for target, candidates in sorted(by_target.items()):
-        candidates.sort(key=lambda r: (-r.data.metrics["best/dev_f1"], r.info.start_time,
-                                       r.info.run_id))
-        chosen[target] = [_record(run) for run in candidates[:top_k]]
+        ranked = rank_trials(candidates, lambda r: r.data.metrics["best/dev_f1"],
+                             lambda r: r.data.tags.get("trial_id", r.info.run_id))
+        chosen[target] = [_record(run) for run in ranked[:top_k]]
     return chosen
 
 

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from metaxl_core import data as data_lib
 from metaxl_core.encoders import encoder_depth
 from metaxl_core.errors import ConfigError, MetaXLError
+from metaxl_core.selection import best_trial, mean_std
 from metaxl_core.train import run_trial
 from sweeps.settings import CHOICES, SweepConfig
 from sweeps.tracking import MLflowTracker, default_tracking_uri, open_experiment, target_run
@@ -155,7 +155,7 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
     repeats = []
     finished = [o for o in outcomes if "dev_f1" in o]
     if sweep.seeds_per_config > 1 and finished:
-        best = max(finished, key=lambda o: (o["dev_f1"], str(o["trial_id"])))
+        best = best_trial(finished, lambda o: o["dev_f1"], lambda o: o["trial_id"])
         seed = best["config"]["seed"]
         repeat_tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
             **tracker.tags, "role": "seed_repeat", "repeats_trial": str(best["trial_id"])},
@@ -335,38 +335,41 @@ def check_resources(sweep: SweepConfig, address: str | None) -> None:
     print(f"warning: {message} Waiting for the autoscaler.", flush=True)
 
 
+def _dev_f1(trial: dict) -> float:
+    return trial["dev_f1"]
+
+
+def _trial_id(trial: dict) -> str:
+    return str(trial["trial_id"])
+
+
 def summarise(sweep: SweepConfig, outcomes: list[dict]) -> list[dict]:
-    """Per target: best method and source by dev F1, its test F1 (mean ± std over seeds when
-    seeds_per_config > 1), metaxl's gain over joint."""
+    """Per target: the best trial (`selection.best_trial`) of each method and over all methods,
+    its test F1 (mean ± std over seeds when seeds_per_config > 1), metaxl's gain over joint."""
     repeats = {o["seed_repeats"][0]["trial_id"]: [r["test_f1"] for r in o["seed_repeats"]
                                                   if "test_f1" in r]
                for o in outcomes if o["seed_repeats"]}
     rows = []
     for target in sweep.targets:
-        best_by_method = {}
+        finished_by_method: dict[str, list[dict]] = {}
         for outcome in outcomes:
-            if outcome["search"]["target"] != target:
-                continue
-            for trial in outcome["trials"]:
-                if "dev_f1" not in trial:
-                    continue
-                method = outcome["search"]["method"]
-                key = (trial["dev_f1"], str(trial["trial_id"]))
-                if method not in best_by_method or key > best_by_method[method][0]:
-                    best_by_method[method] = (key, trial)
+            if outcome["search"]["target"] == target:
+                finished_by_method.setdefault(outcome["search"]["method"], []).extend(
+                    t for t in outcome["trials"] if "dev_f1" in t)
+        best_by_method = {method: best_trial(trials, _dev_f1, _trial_id)
+                          for method, trials in finished_by_method.items() if trials}
         if not best_by_method:
             rows.append({"target": target, "best_method": None})
             continue
-        method, (_, trial) = max(best_by_method.items(), key=lambda item: item[1][0])
-        for _, best in best_by_method.values():
-            scores = repeats.get(best["trial_id"], [best["test_f1"]])
-            best["test_f1_seeds"] = scores
-            best["test_f1_mean"] = statistics.fmean(scores)
-            best["test_f1_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        trial = best_trial(best_by_method.values(), _dev_f1, _trial_id)
+        method = next(m for m, t in best_by_method.items() if t is trial)
+        for best in best_by_method.values():
+            seeds = mean_std(repeats.get(best["trial_id"], [best["test_f1"]]))
+            best.update({"test_f1_seeds": seeds["values"], "test_f1_mean": seeds["mean"],
+                         "test_f1_std": seeds["std"]})
         gain = None
         if "metaxl" in best_by_method and "joint" in best_by_method:
-            gain = (best_by_method["metaxl"][1]["test_f1_mean"]
-                    - best_by_method["joint"][1]["test_f1_mean"])
+            gain = best_by_method["metaxl"]["test_f1_mean"] - best_by_method["joint"]["test_f1_mean"]
         rows.append({"target": target, "best_method": method,
                      "best_source": trial["config"].get("source"), "dev_f1": trial["dev_f1"],
                      "test_f1": trial["test_f1"], "trial_id": trial["trial_id"],
@@ -376,7 +379,7 @@ def summarise(sweep: SweepConfig, outcomes: list[dict]) -> list[dict]:
                      "per_method": {m: {k: t[k] for k in ("dev_f1", "test_f1", "test_f1_mean",
                                                          "test_f1_std", "test_f1_seeds")}
                                     | {"source": t["config"].get("source")}
-                                    for m, (_, t) in best_by_method.items()}})
+                                    for m, t in best_by_method.items()}})
     return rows
 
 

@@ -40,10 +40,10 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats as scipy_stats  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from metaxl_core.config import source_label  # noqa: E402
+from metaxl_core.selection import best_trial, mean_std, paired_difference  # noqa: E402
 
 METHOD_ORDER = ["target_only", "source_only", "joint", "joint_t1", "metaxl", "metaxl_identity",
                 "frozen_rtn", "metaxl_trunc", "metaxl_fd", "metaxl_layers", "metaxl_softmax",
@@ -91,7 +91,7 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
                 continue
             source = tags.get("source") or params.get("source") or "none"
             records.append({
-                "run_id": run.info.run_id, "role": role,
+                "run_id": run.info.run_id, "role": role, "trial_id": tags.get("trial_id", ""),
                 "task": tags.get("task") or params.get("task"),
                 "target": tags.get("target") or params.get("target"),
                 "source": "none" if source in ("None", "") else source,
@@ -113,44 +113,22 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
 
 
 def select(records: list[dict]) -> list[dict]:
-    """Bench runs as they are; sweep trials: the best by dev F1 per (task, target, source,
-    method, grid)."""
+    """Bench runs as they are; sweep trials: the best (`selection.best_trial`) per (task, target,
+    source, method, grid)."""
     bench = [r for r in records if r["role"] == "bench"]
-    best: dict[tuple, dict] = {}
+    searches: dict[tuple, list[dict]] = {}
     for r in records:
-        if r["role"] != "trial":
-            continue
-        key = (r["task"], r["target"], r["source"], r["method"], r["grid"])
-        if key not in best or r["dev"] > best[key]["dev"]:
-            best[key] = r
-    return bench + [best[k] for k in sorted(best)]
+        if r["role"] == "trial":
+            searches.setdefault((r["task"], r["target"], r["source"], r["method"], r["grid"]),
+                                []).append(r)
+    return bench + [best_trial(searches[k], lambda r: r["dev"], lambda r: r["trial_id"])
+                    for k in sorted(searches)]
 
 
 # ---------------------------------------------------------------------------- aggregation
-def stats(values: list[float]) -> dict:
-    return {"values": values, "n": len(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
 def methods_in(rows: list[dict]) -> list[str]:
     present = {m for r in rows for m in r["cells"]}
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
-
-
-def paired_difference(a: dict, b: dict) -> dict | None:
-    """Mean of a[seed] - b[seed] over the seeds both have, its 95% percentile-bootstrap
-    confidence interval over seeds, and the two-sided p of an exact sign-flip permutation test
-    (with n seeds the smallest possible p is 2 / 2^n: 0.0625 for 5). None below 2 seeds."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return None
-    diff = np.array([a[s] - b[s] for s in seeds])
-    test = scipy_stats.permutation_test((diff,), np.mean, permutation_type="samples",
-                                        n_resamples=np.inf, alternative="two-sided")
-    ci = scipy_stats.bootstrap((diff,), np.mean, confidence_level=0.95, method="percentile",
-                               n_resamples=9999, random_state=0).confidence_interval
-    return {"n": len(seeds), "mean": float(diff.mean()), "ci95": [float(ci.low), float(ci.high)],
-            "p": float(test.pvalue)}
 
 
 def build_tables(records: list[dict], split: str = "test") -> dict:
@@ -165,7 +143,7 @@ def build_tables(records: list[dict], split: str = "test") -> dict:
     tables: dict[str, list[dict]] = {}
     for (task, target, source), cells in sorted(groups.items()):
         row = {"target": target, "source": source,
-               "cells": {m: stats(list(v.values())) for m, v in cells.items()}}
+               "cells": {m: mean_std(list(v.values())) for m, v in cells.items()}}
         for method in GAIN_METHODS:
             if method in cells and "joint" in cells:
                 row.setdefault("gains", {})[method] = (row["cells"][method]["mean"]
@@ -342,8 +320,9 @@ def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> Non
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
     for m in [m for m in METHOD_ORDER if m in data] + sorted(set(data) - set(METHOD_ORDER)):
         xs = sorted(data[m])
-        means = np.array([statistics.fmean(data[m][x]) for x in xs])
-        stds = np.array([statistics.stdev(data[m][x]) if len(data[m][x]) > 1 else 0.0 for x in xs])
+        cells = [mean_std(data[m][x]) for x in xs]
+        means = np.array([c["mean"] for c in cells])
+        stds = np.array([c["std"] for c in cells])
         ax.plot(xs, means, marker="o", markersize=3, label=METHOD_TITLES.get(m, m),
                 color=COLORS.get(m))
         ax.fill_between(xs, means - stds, means + stds, alpha=0.15, color=COLORS.get(m))
@@ -371,7 +350,7 @@ def sensitivity(records: list[dict]) -> dict:
         key = (r["target"], r["source"], r["method"])
         out.setdefault(r["task"], {}).setdefault(key, {}).setdefault(r["grid"], []).append(
             r["dev"] * 100)
-    return {task: {key: {g: stats(v) for g, v in sorted(grid.items(), key=_grid_sort)}
+    return {task: {key: {g: mean_std(v) for g, v in sorted(grid.items(), key=_grid_sort)}
                    for key, grid in sorted(groups.items())}
             for task, groups in out.items()}
 

@@ -28,6 +28,7 @@ from ray import tune
 
 from metaxl_core.config import source_label
 from metaxl_core.errors import ConfigError
+from metaxl_core.selection import best_evaluation
 
 # The tracking stores MLflow's client accepts (file: and bare paths: the deprecated file store).
 URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
@@ -178,7 +179,7 @@ class MLflowTracker(tune.Callback):
         if any(m["epoch"] == epoch for m in history):
             return  # a trial restarted from scratch reports it again: keep the first copy
         history.append({"epoch": epoch, **metrics})
-        best = max(self.history[trial.trial_id], key=lambda m: (m.get("dev/f1", 0.0), -m["epoch"]))
+        best = best_evaluation(history)
         summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/epoch": best["epoch"],
                    **({"best/test_f1": best["test/f1"]} if "test/f1" in best else {}),
                    **{k: v for k, v in metrics.items() if k.startswith("best/")}}  # the trial's own
@@ -232,7 +233,7 @@ class MLflowTracker(tune.Callback):
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=True), "trial.yaml")
             if history:
-                best = max(history, key=lambda m: (m.get("dev/f1", 0.0), -m["epoch"]))
+                best = best_evaluation(history)
                 self.client.log_text(run_id, json.dumps(
                     {"config": config, "history": history, "best_epoch": best["epoch"],
                      "final": {k: v for k, v in best.items() if "/" in k}, "status": status},

@@ -186,7 +186,7 @@ def test_sensitivity_grid_runs(store_uri, tmp_path):
 
 
 def test_paired_difference_pairs_by_seed_with_an_exact_sign_flip_test():
-    from sweeps.report import paired_difference
+    from metaxl_core.selection import paired_difference
     joint = {"1": 50.0, "2": 40.0, "3": 60.0, "4": 45.0, "5": 55.0}
     better = {s: v + 1.0 for s, v in joint.items()}
     result = paired_difference(better, joint)
