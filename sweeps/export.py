@@ -24,7 +24,7 @@ import yaml
 from metaxl_core.config import TrialConfig
 from metaxl_core.errors import MetaXLError
 from metaxl_core.selection import rank_trials
-from sweeps.tracking import default_tracking_uri, open_experiment
+from sweeps.mlflow_store import default_tracking_uri, open_experiment
 
 
 def latest_attempt(client, experiment_id: str) -> str | None:

@@ -39,7 +39,8 @@ from metaxl_core.errors import ConfigError, MetaXLError
 from metaxl_core.selection import best_trial, mean_std
 from metaxl_core.train import run_trial
 from sweeps.settings import CHOICES, SweepConfig
-from sweeps.tracking import MLflowTracker, default_tracking_uri, open_experiment, target_run
+from sweeps.mlflow_store import default_tracking_uri, open_experiment, target_run
+from sweeps.tracking import MLflowTracker
 
 METRIC, MODE = "dev/f1", "max"
 SWEEP_ID = "sweep_id.txt"  # the attempt id of the sweep in an output folder

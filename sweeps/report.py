@@ -1,16 +1,16 @@
 """Results report from an MLflow experiment: markdown tables, gains, plots, JSON.
 
-    python sweeps/report.py --mlflow-uri sqlite:///bench/runs/cpu/mlflow.db \\
-        --experiment metaxl-transfer-cpu --out results/
+    python sweeps/report.py --mlflow-uri sqlite:///runs/grids/cpu-fidelity/mlflow.db \\
+        --experiment metaxl-transfer-cpu-fidelity --out results/
 
 Input: the FINISHED runs of one experiment, either
-- a benchmark (`bench/transfer.py`, tag `role=bench`): every seed is a run; cells are the mean
+- a grid (`sweeps/grid.py`, tag `role=bench`): every seed is a run; cells are the mean
   ± sample std over seeds of `best/test_f1` (test F1 at the best dev epoch), or
-- a sweep (`sweeps/pairs.py`, tag `role=trial`): per (target, source, method) the trial with the
-  highest `best/dev_f1` is used (one value, no std).
+- a sweep (`sweeps/pairs.py`, tag `role=trial`): per (target, source, method) the best trial
+  (`metaxl_core.selection`) is used (one value, no std).
 
-Methods are the `method` tag; a `metaxl` run whose hypergradient (tag or param) is `truncated`
-is reported as `metaxl_trunc`. Runs with a `grid` tag (e.g. `meta_lr=0.0001`, from a preset's
+Methods are named by `sweeps.methods.variant_of` (the `method` tag; `metaxl_trunc` and
+`metaxl_identity` for MetaXL runs with the truncated hypergradient or the identity RTN). Runs with a `grid` tag (e.g. `meta_lr=0.0001`, from a preset's
 `grid`) form a sensitivity study reported on the dev split instead of the main tables.
 
 Outputs (fixed names under --out; `<task>` is ner or sentiment):
@@ -44,19 +44,9 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from metaxl_core.config import source_label  # noqa: E402
 from metaxl_core.selection import best_trial, mean_std, paired_difference  # noqa: E402
+from sweeps.methods import GAIN_VARIANTS, ordered, title_of, variant_of  # noqa: E402
 
-METHOD_ORDER = ["target_only", "source_only", "joint", "joint_t1", "metaxl", "metaxl_identity",
-                "frozen_rtn", "metaxl_trunc", "metaxl_fd", "metaxl_layers", "metaxl_softmax",
-                "metaxl_per_source"]
-METHOD_TITLES = {"target_only": "target only", "source_only": "source only", "joint": "joint (JT)",
-                 "joint_t1": "JT on T1 (control)", "metaxl": "MetaXL exact",
-                 "metaxl_identity": "MetaXL identity RTN", "frozen_rtn": "frozen RTN (control)",
-                 "metaxl_trunc": "MetaXL truncated",
-                 "metaxl_fd": "MetaXL first-order (FD)", "metaxl_layers": "MetaXL 2 RTNs sequential",
-                 "metaxl_softmax": "MetaXL 2 RTNs softmax-mixed",
-                 "metaxl_per_source": "MetaXL RTN per source, learned sampling"}
 TASK_ORDER = ["ner", "sentiment"]
-GAIN_METHODS = [m for m in METHOD_ORDER if m.startswith("metaxl") or m in ("frozen_rtn", "joint_t1")]
 # secondary test metrics shown as extra tables when the runs logged them (final/test/...);
 # binary sentiment's headline `f1` is the positive-class F1, so macro-F1 and accuracy matter
 EXTRA_METRICS = {"sentiment": ["test/macro_f1", "test/acc"]}
@@ -66,16 +56,6 @@ EXTRA_METRICS = {"sentiment": ["test/macro_f1", "test/acc"]}
 def lang(name: str | None) -> str:
     """"yor" for "ner:masakhaner2:yor"; "en+kin" for a source set; "none" for no source."""
     return source_label(None if name == "none" else name)
-
-
-def method_label(tags: dict, params: dict) -> str:
-    method = tags.get("method") or params.get("method", "?")
-    hyper = tags.get("hypergradient") or params.get("hypergradient")
-    if method == "metaxl" and hyper == "truncated":
-        return "metaxl_trunc"
-    if method == "metaxl" and (tags.get("rtn_design") or params.get("rtn_design")) == "identity":
-        return "metaxl_identity"
-    return method
 
 
 def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
@@ -95,7 +75,7 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
                 "task": tags.get("task") or params.get("task"),
                 "target": tags.get("target") or params.get("target"),
                 "source": "none" if source in ("None", "") else source,
-                "method": method_label(tags, params),
+                "method": variant_of(tags, params),
                 "seed": tags.get("seed") or params.get("seed"),
                 "grid": tags.get("grid", ""),
                 "dev": float(metrics.get("best/dev_f1", float("nan"))),
@@ -128,7 +108,7 @@ def select(records: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------- aggregation
 def methods_in(rows: list[dict]) -> list[str]:
     present = {m for r in rows for m in r["cells"]}
-    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+    return ordered(present)
 
 
 def build_tables(records: list[dict], split: str = "test") -> dict:
@@ -144,7 +124,7 @@ def build_tables(records: list[dict], split: str = "test") -> dict:
     for (task, target, source), cells in sorted(groups.items()):
         row = {"target": target, "source": source,
                "cells": {m: mean_std(list(v.values())) for m, v in cells.items()}}
-        for method in GAIN_METHODS:
+        for method in GAIN_VARIANTS:
             if method in cells and "joint" in cells:
                 row.setdefault("gains", {})[method] = (row["cells"][method]["mean"]
                                                        - row["cells"]["joint"]["mean"])
@@ -176,9 +156,9 @@ def markdown_table(rows: list[dict]) -> str:
     fullest cell of the table says so: `(n=1)`."""
     methods = methods_in(rows)
     full = max((c["n"] for r in rows for c in r["cells"].values()), default=0)
-    gains = [m for m in GAIN_METHODS if any(m in r.get("gains", {}) for r in rows)]
-    head = ["target ← source"] + [METHOD_TITLES.get(m, m) for m in methods] + \
-        [f"Δ {METHOD_TITLES[m]} − JT" for m in gains]
+    gains = [m for m in GAIN_VARIANTS if any(m in r.get("gains", {}) for r in rows)]
+    head = ["target ← source"] + [title_of(m) for m in methods] + \
+        [f"Δ {title_of(m)} − JT" for m in gains]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows + [average_row(rows, methods)]:
         cells = row["cells"]
@@ -199,12 +179,12 @@ def markdown_table(rows: list[dict]) -> str:
 def paired_table(rows: list[dict]) -> list[str]:
     """Markdown lines: each variant's test F1 gain over JT paired by seed, with its 95% CI and
     the sign-flip test's p; nothing when no row has two paired seeds."""
-    variants = [m for m in GAIN_METHODS if any(m in r.get("paired", {}) for r in rows)]
+    variants = [m for m in GAIN_VARIANTS if any(m in r.get("paired", {}) for r in rows)]
     if not variants:
         return []
     lines = ["Gain over JT paired by seed (test F1 points): mean [95% bootstrap CI over seeds], "
              "p of an exact sign-flip test (n seeds):", "",
-             "| target ← source | " + " | ".join(METHOD_TITLES.get(m, m) for m in variants) + " |",
+             "| target ← source | " + " | ".join(title_of(m) for m in variants) + " |",
              "|" + "---|" * (len(variants) + 1)]
     for row in rows:
         cells = []
@@ -223,7 +203,7 @@ def average_row(rows: list[dict], methods: list[str]) -> dict:
         if all(m in r["cells"] for r in rows):
             cells[m] = {"mean": statistics.fmean(r["cells"][m]["mean"] for r in rows), "n": 1,
                         "std": 0.0, "values": []}
-    for m in GAIN_METHODS:
+    for m in GAIN_VARIANTS:
         if all(m in r.get("gains", {}) for r in rows):
             gains[m] = statistics.fmean(r["gains"][m] for r in rows)
     return {"label": "average", "cells": cells, "gains": gains}
@@ -244,7 +224,7 @@ def plot_bars(task: str, rows: list[dict], path: Path, metric: str = "test F1 ×
         means = [r["cells"][m]["mean"] if m in r["cells"] else np.nan for r in rows]
         stds = [r["cells"][m]["std"] if m in r["cells"] else 0.0 for r in rows]
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-               label=METHOD_TITLES.get(m, m), color=COLORS.get(m))
+               label=title_of(m), color=COLORS.get(m))
     ax.set_xticks(x, [row_label(r) for r in rows], rotation=20 if len(rows) > 6 else 0)
     ax.set_ylabel(metric)
     ax.set_title(f"{task}: test score at the best dev epoch (mean ± std over seeds)")
@@ -260,7 +240,7 @@ def plot_heatmap(task: str, rows: list[dict], path: Path) -> bool:
     """Source x target MetaXL - joint (test F1 points); one panel per MetaXL variant."""
     sources = sorted({lang(r["source"]) for r in rows if r.get("gains")})
     targets = sorted({lang(r["target"]) for r in rows if r.get("gains")})
-    variants = [m for m in GAIN_METHODS if any(m in r.get("gains", {}) for r in rows)]
+    variants = [m for m in GAIN_VARIANTS if any(m in r.get("gains", {}) for r in rows)]
     if len(sources) < 2 or not variants:
         return False
     fig, axes = plt.subplots(1, len(variants), figsize=(3.2 + 1.1 * len(targets) * len(variants),
@@ -284,7 +264,7 @@ def plot_heatmap(task: str, rows: list[dict], path: Path) -> bool:
         ax.set_yticks(range(len(sources)), sources)
         ax.set_xlabel("target")
         ax.set_ylabel("source")
-        ax.set_title(f"{METHOD_TITLES[m]} − JT", fontsize=9)
+        ax.set_title(f"{title_of(m)} − JT", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="test F1 points")
     fig.suptitle(f"{task}: MetaXL gain over joint training with the same source", fontsize=9)
     fig.savefig(path, bbox_inches="tight")
@@ -318,12 +298,12 @@ def curves(client: MlflowClient, records: list[dict], task: str, target: str,
 
 def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
-    for m in [m for m in METHOD_ORDER if m in data] + sorted(set(data) - set(METHOD_ORDER)):
+    for m in ordered(data):
         xs = sorted(data[m])
         cells = [mean_std(data[m][x]) for x in xs]
         means = np.array([c["mean"] for c in cells])
         stds = np.array([c["std"] for c in cells])
-        ax.plot(xs, means, marker="o", markersize=3, label=METHOD_TITLES.get(m, m),
+        ax.plot(xs, means, marker="o", markersize=3, label=title_of(m),
                 color=COLORS.get(m))
         ax.fill_between(xs, means - stds, means + stds, alpha=0.15, color=COLORS.get(m))
     ax.set_xlabel(unit)
@@ -369,7 +349,7 @@ def plot_sensitivity(task: str, groups: dict, path: Path) -> None:
         names = list(grid)
         ax.errorbar(range(len(names)), [grid[g]["mean"] for g in names],
                     yerr=[grid[g]["std"] for g in names], marker="o", capsize=3,
-                    label=f"{METHOD_TITLES.get(method, method)} {lang(target)} ← {lang(source)}",
+                    label=f"{title_of(method)} {lang(target)} ← {lang(source)}",
                     color=COLORS.get(method))
         ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("dev F1 × 100")
@@ -453,7 +433,7 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
         plot_sensitivity(task, groups, path)
         md += [f"## {task}: sensitivity (dev F1 × 100, mean ± std over seeds)", ""]
         for (target, source, method), grid in groups.items():
-            md += [f"{METHOD_TITLES.get(method, method)}, {lang(target)} ← {lang(source)}:", "",
+            md += [f"{title_of(method)}, {lang(target)} ← {lang(source)}:", "",
                    "| " + " | ".join(grid) + " |", "|" + "---|" * len(grid),
                    "| " + " | ".join(fmt_cell(c) for c in grid.values()) + " |", ""]
         md += [f"![{task} sensitivity]({path.name})", ""]
@@ -468,7 +448,7 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mlflow-uri", required=True, help="e.g. sqlite:///bench/runs/cpu/mlflow.db")
+    p.add_argument("--mlflow-uri", required=True, help="e.g. sqlite:///runs/grids/cpu-fidelity/mlflow.db")
     p.add_argument("--experiment", required=True, help="experiment name (or id)")
     p.add_argument("--out", required=True, help="output folder, e.g. results/")
     p.add_argument("--curve-target", action="append", default=[], metavar="TASK=TARGET",

@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 
 from metaxl_core.errors import TrainingError
 from metaxl_core.meta import metaxl_step, plain_step
-from sweeps.tracking import MLflowTracker, open_experiment
+from sweeps.mlflow_store import open_experiment
+from sweeps.tracking import MLflowTracker
 from tests.conftest import PROJECT_ROOT
 from tests.test_meta import batch, make_model
 
@@ -266,7 +267,7 @@ def test_resume_refuses_a_folder_of_another_user(tmp_path, monkeypatch):
 
 def test_each_attempt_has_its_own_parent_runs_and_export_reads_the_latest(tmp_path):
     from sweeps import export, pairs
-    from sweeps.tracking import target_run
+    from sweeps.mlflow_store import target_run
     uri = f"sqlite:///{tmp_path / 'shared.db'}"  # one tracking store, two sweeps of one name
     client, experiment_id = open_experiment(uri, "same-name")
     ids = [pairs.attempt_id(tmp_path / folder, "same-name") for folder in ("a", "b")]

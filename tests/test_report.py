@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps import report as report_lib
-from sweeps.tracking import log_results
+from sweeps.mlflow_store import log_results
 
 METHODS = ["target_only", "source_only", "joint", "metaxl", "metaxl_trunc"]
 # (task, target, source) -> method -> test F1 per seed (dev F1 = test + 0.01)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from metaxl_core.config import TrialConfig
 from metaxl_core.errors import MetaXLError
 from sweeps.settings import SweepConfig
-from sweeps.tracking import safe_params
+from sweeps.mlflow_store import safe_params
 from tests.conftest import PROJECT_ROOT
 
 SOURCES = [p for folder in ("metaxl_core", "sweeps", "bench") for p in

@@ -13,7 +13,7 @@ from sweeps import export as export_lib
 from sweeps import report as report_lib
 from sweeps.pairs import summarise
 from sweeps.settings import SweepConfig
-from sweeps.tracking import log_results
+from sweeps.mlflow_store import log_results
 
 TARGET, SOURCE = "ner:masakhaner2:yor", "ner:conll2003:en"
 

@@ -220,13 +220,12 @@ def test_every_shipped_sweep_preset_loads_and_plans(path):
     assert sweep.searches() and sweep.name == path.stem
 
 
-@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "bench" / "presets").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "sweeps" / "grids").glob("*.yaml")),
                          ids=lambda p: p.name)
-def test_every_shipped_benchmark_preset_plans_valid_trials(path, tmp_path):
-    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
-    import transfer
-    preset = transfer.load_preset(path)
+def test_every_shipped_grid_plans_valid_trials(path, tmp_path):
+    from sweeps import grid
+    preset = grid.load_preset(path)
     reads_data = any("test_cap" in task for task in preset["tasks"].values())
     if reads_data and not SHARED_DATA.is_dir():
         pytest.skip(f"{path.name} reads the real test splits (test_cap); {SHARED_DATA} is absent")
-    assert transfer.plan_runs(preset, data_root=str(SHARED_DATA), out=tmp_path)
+    assert grid.plan_runs(preset, data_root=str(SHARED_DATA), out=tmp_path)

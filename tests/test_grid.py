@@ -1,16 +1,10 @@
-"""bench/transfer.py planning: the per-method `method_trial` override. Offline, no data read
+"""sweeps/grid.py planning: the per-method `method_trial` override. Offline, no data read
 (no test_cap), so nothing to skip."""
-
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
-import transfer  # noqa: E402
-from metaxl_core.errors import ConfigError  # noqa: E402
+from metaxl_core.errors import ConfigError
+from sweeps import grid
 
 
 def _preset(**ner):
@@ -22,8 +16,8 @@ def _preset(**ner):
 
 
 def test_method_trial_overrides_one_method_and_leaves_other_keys_unchanged():
-    plain = {r["key"]: r for r in transfer.plan_runs(_preset())}
-    runs = transfer.plan_runs(_preset(method_trial={"target_only": {"epochs": 9}}))
+    plain = {r["key"]: r for r in grid.plan_runs(_preset())}
+    runs = grid.plan_runs(_preset(method_trial={"target_only": {"epochs": 9}}))
     assert len(runs) == len(plain) == 12
     for r in runs:
         expected = 9 if (r["task"], r["method"]) == ("ner", "target_only") else 3
@@ -34,4 +28,4 @@ def test_method_trial_overrides_one_method_and_leaves_other_keys_unchanged():
 
 def test_method_trial_rejects_unknown_method():
     with pytest.raises(ConfigError, match="method_trial"):
-        transfer.plan_runs(_preset(method_trial={"jointt": {"epochs": 9}}))
+        grid.plan_runs(_preset(method_trial={"jointt": {"epochs": 9}}))

@@ -1,16 +1,18 @@
-"""Cross-lingual transfer benchmark: every (task, target, source, method, seed) of a preset, one
-`run_trial` each, logged to MLflow; resumable; a JSON of every run's final metrics at the end.
+"""A grid of runs: every (task, target, source, method, seed) of a preset, one `run_trial` each,
+logged to MLflow; resumable; a JSON of every run's final metrics at the end. The sweep's sibling
+for fixed comparisons over seeds (`sweeps/pairs.py` searches; this runs what is named). It needs
+no Ray: shard it over processes with --shard.
 
-    python bench/transfer.py --preset bench/presets/cpu.yaml
-    python bench/transfer.py --preset bench/presets/paper-gpu.yaml --out bench/runs/paper-gpu
-    python bench/transfer.py --preset bench/presets/cpu.yaml --dry-run      # list the runs
-    python sweeps/report.py --mlflow-uri sqlite:///bench/runs/cpu/mlflow.db \\
-        --experiment metaxl-transfer-cpu --out results/
+    python sweeps/grid.py --preset sweeps/grids/cpu-fidelity.yaml
+    python sweeps/grid.py --preset sweeps/grids/paper-gpu.yaml --out runs/grids/paper-gpu
+    python sweeps/grid.py --preset sweeps/grids/cpu-fidelity.yaml --dry-run      # list the runs
+    python sweeps/report.py --mlflow-uri sqlite:///runs/grids/cpu-fidelity/mlflow.db \\
+        --experiment metaxl-transfer-cpu-fidelity --out results/
 
-Preset YAML (see bench/presets/cpu.yaml):
+Preset YAML (see sweeps/grids/cpu-fidelity.yaml):
 
     name: metaxl-transfer-cpu          # the MLflow experiment
-    output_dir: bench/runs/cpu         # mlflow.db and results.json go here (--out overrides)
+    output_dir: runs/grids/cpu         # mlflow.db and results.json go here (--out overrides)
     seeds: [1, 2, 3]
     methods: [target_only, source_only, joint, metaxl, metaxl_trunc]
     trial: {...}                       # TrialConfig fields shared by every run
@@ -32,7 +34,7 @@ before (same configs, same run keys).
 
 Methods are TrialConfig methods plus `metaxl_trunc` (method metaxl with
 hypergradient: truncated); `metaxl` is the exact hypergradient; `metaxl_fd`, `metaxl_layers`,
-`metaxl_softmax` and `metaxl_per_source` are the variants beyond the paper (METHOD_VARIANTS).
+`metaxl_softmax` and `metaxl_per_source` are the variants beyond the paper (VARIANTS).
 `target_only` is run once per (target, source) because the NER label set is the one the target
 shares with the source (an African source keeps DATE, English does not), so every row of the
 report compares its methods on one label set.
@@ -61,25 +63,8 @@ if str(ROOT) not in sys.path:
 
 from metaxl_core.config import TrialConfig, load_yaml_mapping, source_label  # noqa: E402
 from metaxl_core.errors import ConfigError, MetaXLError  # noqa: E402
+from sweeps.methods import LAYER_VARIANTS, VARIANTS, fields_of  # noqa: E402
 
-METHOD_VARIANTS = {
-    "target_only": {"method": "target_only"},
-    "source_only": {"method": "source_only"},
-    "joint": {"method": "joint"},
-    "metaxl": {"method": "metaxl", "hypergradient": "exact"},
-    "metaxl_trunc": {"method": "metaxl", "hypergradient": "truncated"},
-    "metaxl_identity": {"method": "metaxl", "rtn_design": "identity"},
-    # controls: the RTN frozen at its initialisation; joint training on T1 only
-    "frozen_rtn": {"method": "frozen_rtn"},
-    "joint_t1": {"method": "joint_t1"},
-    # beyond the paper (bench/presets/cpu-beyond.yaml); the layer variants need rtn_layers
-    # naming two or more layers (method_trial or the entry's trial)
-    "metaxl_fd": {"method": "metaxl", "hypergradient": "finite_difference"},
-    "metaxl_layers": {"method": "metaxl", "rtn_mixing": "sequential", "rtn_design": "identity"},
-    "metaxl_softmax": {"method": "metaxl", "rtn_mixing": "softmax"},
-    "metaxl_per_source": {"method": "metaxl", "rtn_per_source": True, "source_sampling": "learned"},
-}
-LAYER_VARIANTS = ("metaxl_layers", "metaxl_softmax")
 PRESET_KEYS = {"name", "output_dir", "seeds", "methods", "trial", "tasks", "notes", "grid"}
 TASK_KEYS = {"trial", "targets", "test_cap", "method_trial"}
 
@@ -97,8 +82,8 @@ def load_preset(path: str | Path) -> dict:
         if not preset.get(key):
             raise ConfigError(f"{path}: {key}: required")
     for method in preset["methods"]:
-        if method not in METHOD_VARIANTS:
-            raise ConfigError(f"{path}: methods: unknown {method!r}; known {list(METHOD_VARIANTS)}")
+        if method not in VARIANTS:
+            raise ConfigError(f"{path}: methods: unknown {method!r}; known {list(VARIANTS)}")
     return preset
 
 
@@ -118,9 +103,9 @@ def plan_runs(preset: dict, data_root: str | None = None, out: Path | None = Non
             raise ConfigError(f"tasks.{task}: unknown key(s) {unknown}; known: {sorted(TASK_KEYS)}")
         method_trial = spec.get("method_trial") or {}
         for method, fields in method_trial.items():
-            if method not in METHOD_VARIANTS or not isinstance(fields, dict):
+            if method not in VARIANTS or not isinstance(fields, dict):
                 raise ConfigError(f"tasks.{task}.method_trial: {method!r} must be a method of "
-                                  f"{list(METHOD_VARIANTS)} mapped to TrialConfig fields")
+                                  f"{list(VARIANTS)} mapped to TrialConfig fields")
         for target, sources in spec["targets"].items():
             sources = [sources] if isinstance(sources, (str, dict)) else list(sources)
             index_file = None
@@ -134,14 +119,14 @@ def plan_runs(preset: dict, data_root: str | None = None, out: Path | None = Non
                     (entry["source"], entry.get("methods", preset["methods"]))
                 entry_trial = {} if isinstance(entry, str) else entry.get("trial") or {}
                 for method in methods:
-                    if method not in METHOD_VARIANTS:
+                    if method not in VARIANTS:
                         raise ConfigError(f"tasks.{task}: unknown method {method!r}")
                     for point in grid_points:
                         for seed in preset["seeds"]:
                             fields = {**(preset.get("trial") or {}), **(spec.get("trial") or {}),
                                       **entry_trial, **method_trial.get(method, {}), **point,
                                       "task": task, "target": target, "source": source,
-                                      **METHOD_VARIANTS[method], "seed": int(seed)}
+                                      **fields_of(method), "seed": int(seed)}
                             if data_root:
                                 fields["data_root"] = data_root
                             if index_file:
@@ -213,7 +198,7 @@ def _fmt(seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", required=True, help="preset YAML (bench/presets/*.yaml)")
+    p.add_argument("--preset", required=True, help="preset YAML (sweeps/grids/*.yaml)")
     p.add_argument("--out", help="output folder (default: the preset's output_dir)")
     p.add_argument("--mlflow-uri", help="tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--data-root", help="overrides the preset's data_root")
@@ -248,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(runs)} runs -> {out}")
         return 0
 
-    from sweeps.tracking import log_results, open_experiment  # noqa: E402 (heavy imports)
+    from sweeps.mlflow_store import log_results, open_experiment  # noqa: E402 (heavy imports)
     from metaxl_core.train import run_trial  # noqa: E402
 
     out.mkdir(parents=True, exist_ok=True)
@@ -315,7 +300,7 @@ def _history(client, run_id: str) -> list[dict]:
 
 def export_results(client, experiment_id: str, preset: dict, runs: list[dict], uri: str) -> dict:
     """Every finished run of the preset with its final metrics, plus mean +- std over seeds."""
-    import statistics
+    from metaxl_core.selection import mean_std
 
     wanted = {r["key"] for r in runs}
     records = []
@@ -347,8 +332,8 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
         for key in ("dev/f1", "test/f1", "test/accuracy"):
             values = [x["final"][key] for x in recs if key in x["final"]]
             if values:
-                row[key] = {"mean": statistics.fmean(values),
-                            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+                cell = mean_std(values)
+                row[key] = {"mean": cell["mean"], "std": cell["std"]}
         aggregate.append(row)
     return {"preset": preset, "tracking_uri": uri, "experiment_id": experiment_id,
             "runs": records, "aggregate": aggregate}

@@ -1,0 +1,131 @@
+"""MLflow helpers that need no Ray: open a tracking store, find or create runs, log a finished
+trial's results. Used by the Tune callback (`sweeps/tracking.py`), the grid runner, the export
+and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.parse
+
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from metaxl_core.config import source_label
+from metaxl_core.errors import ConfigError
+
+# The tracking stores MLflow's client accepts (file: and bare paths: the deprecated file store).
+URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+SECRET_PATTERN = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+
+
+def default_tracking_uri(output_dir: str) -> str:
+    """$MLFLOW_TRACKING_URI, else a sqlite store in the sweep's output directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'mlflow.db'))}"
+
+
+def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowClient, str]:
+    """Connect and get (or create, idempotently: a concurrent sweep may create it first) the
+    sweep's experiment; ConfigError naming the URI if the tracking store is unusable (before
+    any trial is launched). With create=False nothing is created, not even a sqlite file."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]  # postgresql+psycopg2: postgresql
+    if scheme not in URI_SCHEMES:
+        raise ConfigError(f"MLflow tracking URI {uri!r}: unknown scheme {scheme!r}; use one of "
+                          f"{', '.join(URI_SCHEMES)}")
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if not create and not os.path.isfile(path):
+            raise ConfigError(f"MLflow tracking URI {uri!r}: no database file {path}")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail fast at start, retry later
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None and not create:
+            raise ConfigError(f"no experiment {name!r} at {uri}")
+        if experiment is None:
+            try:
+                return client, client.create_experiment(name)
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = client.get_experiment_by_name(name)  # another sweep created it
+        return client, experiment.experiment_id
+    except ConfigError:
+        raise
+    except Exception as err:  # any transport or store error means: unusable
+        raise ConfigError(f"MLflow tracking URI {uri!r} is not reachable ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200]}); start the server or pass "
+                          "--mlflow-uri") from None
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
+
+
+def find_run(client: MlflowClient, experiment_id: str, **tags) -> str | None:
+    """The id of the run carrying all `tags`, or None."""
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([experiment_id], query, max_results=1,
+                              order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def target_run(client: MlflowClient, experiment_id: str, sweep_id: str, target: str) -> str:
+    """Get or create the parent run of one target language."""
+    tags = {"role": "target", "sweep_id": sweep_id, "target": target}
+    run_id = find_run(client, experiment_id, **tags)
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=f"target {target}",
+                                   tags={**tags, "target_lang": target.split(":")[-1]}).info.run_id
+    return run_id
+
+
+def safe_params(config: dict) -> dict:
+    """Config values as MLflow params, never anything that looks like a credential."""
+    return {k: str(v) for k, v in sorted(config.items()) if not SECRET_PATTERN.search(k)}
+
+
+def log_results(client: MlflowClient, experiment_id: str, results: dict, tags: dict,
+                run_name: str | None = None) -> str:
+    """Log a finished `run_trial` results dict as one FINISHED MLflow run with the sweep
+    conventions: the tags given (role, target, target_lang, source_lang, method, task, encoder,
+    ...), the config as params, `dev/*`, `test/*` and `train/*` per epoch (step = epoch), the
+    summary `best/dev_f1`, `best/test_f1`, `best/epoch`, every `final/<split>/<metric>` at the
+    best dev epoch, `wall_time_s`, and the whole results dict as the artifact results.json.
+    Returns the run id."""
+    config = results["config"]
+    tags = {"task": config["task"], "encoder": config["encoder"],
+            "target": config["target"], "target_lang": config["target"].split(":")[-1],
+            "source_lang": source_label(config.get("source")),
+            "method": config["method"], **{k: str(v) for k, v in tags.items()}}
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    stamp = int(time.time() * 1000)
+    metrics = []
+    for row in results["history"]:
+        epoch = int(row["epoch"])
+        metrics += [Metric(k, float(v), stamp, epoch) for k, v in row.items()
+                    if "/" in k and isinstance(v, (int, float)) and v == v]
+    final = results["final"]
+    summary = {"best/dev_f1": final.get("dev/f1", 0.0), "best/test_f1": final.get("test/f1", 0.0),
+               "best/epoch": results["best_epoch"], "wall_time_s": results.get("wall_time_s", 0.0),
+               **{f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))}}
+    metrics += [Metric(k, float(v), stamp, 0) for k, v in summary.items()]
+    params = [Param(k, v[:6000]) for k, v in safe_params(config).items()]
+    # MLflow takes at most 100 params and 1000 entries per batch
+    for i in range(0, max(len(params), 1), 100):
+        chunk = metrics[:900] if i == 0 else []
+        client.log_batch(run_id, params=params[i:i + 100], metrics=chunk)
+    for i in range(900, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[i:i + 900])
+    client.log_text(run_id, json.dumps(results, indent=2, sort_keys=True, default=str),
+                    "results.json")
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
