@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from metaxl_core.selection import best_trial, mean_std
 from metaxl_core.train import run_trial
 from sweeps.settings import CHOICES, SweepConfig
 from sweeps.mlflow_store import default_tracking_uri, open_experiment, target_run
-from sweeps.tracking import MLflowTracker
+from sweeps.tracking import PROJECT_ERROR, MLflowTracker
 
 METRIC, MODE = "dev/f1", "max"
 SWEEP_ID = "sweep_id.txt"  # the attempt id of the sweep in an output folder
@@ -83,7 +84,9 @@ def make_scheduler(sweep: SweepConfig, epochs: int) -> ASHAScheduler:
 def trainable(config: dict, fixed: dict, checkpoint_interval_s: float = 0.0) -> None:
     """One Tune trial: run_trial, checkpointing after an evaluation (never the last) once
     `checkpoint_interval_s` has passed since the trial's start or last checkpoint, so a
-    preempted trial resumes from there."""
+    preempted trial resumes from there. A project error (bad config or data) is reported as
+    the trial's last result instead of raised, so Tune does not retry it (`max_failures` is for
+    crashes); the tracker ends such a trial FAILED."""
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -106,7 +109,10 @@ def trainable(config: dict, fixed: dict, checkpoint_interval_s: float = 0.0) -> 
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         last_checkpoint = time.monotonic()
 
-    run_trial(trial, report, resume_from=resume)
+    try:
+        run_trial(trial, report, resume_from=resume)
+    except MetaXLError:  # config or data: a retry would fail the same way, so end the trial now
+        tune.report({METRIC: float("nan"), PROJECT_ERROR: traceback.format_exc()})
 
 
 def search_name(search: dict) -> str:
@@ -189,9 +195,10 @@ def _outcomes(grid, fixed: dict) -> list[dict]:
     outcomes = []
     for result in grid:
         history = result.metrics_dataframe
+        error = result.error or result.metrics.get(PROJECT_ERROR)
         row = {"trial_id": result.metrics.get("trial_id"), "config": {**fixed, **result.config},
-               "error": str(result.error)[:500] if result.error else None}
-        if history is not None and METRIC in history:
+               "error": str(error)[-500:] if error else None}
+        if history is not None and METRIC in history and not error:
             row["epochs_run"] = int(history["epoch"].max())
             last = history.iloc[-1]
             if "best/test_f1" in history and last["best/test_f1"] == last["best/test_f1"]:

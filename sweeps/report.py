@@ -10,7 +10,8 @@ Input: the FINISHED runs of one experiment, either
   (`metaxl_core.selection`) is used (one value, no std).
 
 Methods are named by `sweeps.methods.variant_of` (the `method` tag; `metaxl_trunc` and
-`metaxl_identity` for MetaXL runs with the truncated hypergradient or the identity RTN). Runs with a `grid` tag (e.g. `meta_lr=0.0001`, from a preset's
+`metaxl_identity` for MetaXL runs with the truncated hypergradient or the identity RTN).
+Runs with a `grid` tag (e.g. `meta_lr=0.0001`, from a preset's
 `grid`) form a sensitivity study reported on the dev split instead of the main tables.
 
 Outputs (fixed names under --out; `<task>` is ner or sentiment):

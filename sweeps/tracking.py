@@ -27,6 +27,8 @@ from metaxl_core.config import source_label
 from metaxl_core.selection import best_evaluation
 from sweeps.mlflow_store import find_run, safe_params
 
+PROJECT_ERROR = "project_error"  # a trial's last result when a config or data error ended it
+
 
 class MLflowTracker(tune.Callback):
     """Logs each Tune trial of one search as an MLflow child run of its target's parent run."""
@@ -39,6 +41,7 @@ class MLflowTracker(tune.Callback):
         self.client = MlflowClient(tracking_uri=uri)
         self.run_ids: dict[str, str] = {}
         self.history: dict[str, list[dict]] = {}
+        self.project_errors: dict[str, str] = {}  # trial id -> traceback, until it completes
         self.pending: list[Callable[[], None]] = []
         self.errors: list[str] = []
 
@@ -96,6 +99,9 @@ class MLflowTracker(tune.Callback):
         self._do(lambda: self.client.log_batch(self._run_id(trial), params=params))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if PROJECT_ERROR in result:  # the trial ends now; on_trial_complete marks it FAILED
+            self.project_errors[trial.trial_id] = result[PROJECT_ERROR]
+            return
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         history = self.history.setdefault(trial.trial_id, [])
@@ -115,6 +121,11 @@ class MLflowTracker(tune.Callback):
         self._do(log)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        error = self.project_errors.pop(trial.trial_id, None)
+        if error is not None:
+            self._finish(trial, "FAILED", {"error": error[-4000:],
+                                           "error_summary": error.strip().splitlines()[-1][:500]})
+            return
         epochs_done = len(self.history.get(trial.trial_id, []))
         stopped = epochs_done < self.epochs
         self._finish(trial, "KILLED" if stopped else "FINISHED",

@@ -179,6 +179,9 @@ def test_failing_trials_are_failed_in_mlflow_and_the_sweep_goes_on(tmp_path):
     assert all(r.info.status in ("FINISHED", "KILLED") for r in trials if r not in failed)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["failed_trials"]) == 2 and summary["targets"][0]["best_method"] == "joint"
+    assert all("source_train_size=40" in t["error"] for t in summary["failed_trials"])
+    # a data error is not retried: Tune saw no trial crash (it writes error.txt on each one)
+    assert not list((tmp_path / "out" / "tune").rglob("error.txt"))
 
 
 def _start_node(args: list[str], env: dict) -> subprocess.Popen:
