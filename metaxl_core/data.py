@@ -155,7 +155,7 @@ def resolve_data_root(data_root: str | Path | None = None) -> Path:
     path = path.expanduser()
     if not path.is_dir():
         raise DataError(f"{origin} {str(path)!r} is not a folder; it should hold ner/ and/or "
-                        "sentiment/ folders (see README: Data)")
+                        "sentiment/ folders (see docs/data.md)")
     return path
 
 

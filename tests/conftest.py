@@ -36,7 +36,7 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 def shared_data() -> Path:
     """The real data beside the checkout; skips the test when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (see README: Data)")
+        pytest.skip(f"real data not found at {SHARED_DATA} (see docs/data.md)")
     return SHARED_DATA
 
 

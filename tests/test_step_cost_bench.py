@@ -1,4 +1,4 @@
-"""bench/step_cost.py still runs (tiny config, one round) and writes what the README quotes."""
+"""bench/step_cost.py still runs (tiny config, one round) and writes what docs/performance.md quotes."""
 
 import json
 import subprocess
