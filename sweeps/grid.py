@@ -159,7 +159,7 @@ def test_index_file(task: str, target: str, cap: int, data_root, out: Path | Non
     if cap >= n:
         return None
     positions = sorted(random.Random(0).sample(range(n), cap))
-    folder = (out or Path("bench/runs/tmp")) / "splits"
+    folder = (out or Path("runs/grids/tmp")) / "splits"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{target.replace(':', '_')}_test{cap}.json"
     text = json.dumps({"test": positions})
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         preset = load_preset(args.preset)
-        out = Path(args.out or preset.get("output_dir") or f"bench/runs/{preset['name']}")
+        out = Path(args.out or preset.get("output_dir") or f"runs/grids/{preset['name']}")
         runs = plan_runs(preset, args.data_root, out)
     except MetaXLError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,7 +17,7 @@ A command is a *template* when an argument still holds a placeholder: `<`, `>`, 
 SUBST, `path/to/`, or a capitalised word of 3+ letters such as SWEEP.yaml, HEAD_IP, OUT_DIR.
 
 The check, per command:
-- scripts with `--dry-run` (sweeps/pairs.py, bench/transfer.py): a command that is not a
+- scripts with `--dry-run` (sweeps/pairs.py, sweeps/grid.py): a command that is not a
   template runs with `--dry-run` added and must exit 0, so its config or preset is read and
   planned too;
 - every other command (templates, scripts without `--dry-run`) is parsed by the script's own
@@ -83,7 +83,7 @@ class Command:
 
 
 def has_dry_run(target: str) -> bool:
-    """Whether the script (or module) has a `--dry-run` flag (sweeps/pairs.py, bench/transfer.py)."""
+    """Whether the script (or module) has a `--dry-run` flag (sweeps/pairs.py, sweeps/grid.py)."""
     path = PROJECT_ROOT / (target[3:].replace(".", "/") + ".py" if target.startswith("-m ")
                            else target)
     return path.is_file() and bool(DRY_RUN_FLAG.search(path.read_text(encoding="utf-8")))
@@ -311,7 +311,7 @@ def test_the_docs_show_the_main_commands():
 def test_extraction_reads_shell_like_a_shell():
     text = """
 ```bash
-OMP_NUM_THREADS=1 python bench/transfer.py --preset p.yaml \\
+OMP_NUM_THREADS=1 python sweeps/grid.py --preset p.yaml \\
   --threads 1 --shard 0/2 &   # a comment
 pip install -e ".[dev]"
 ray exec c.yaml --tmux 'cd ~/x && python sweeps/pairs.py --address auto \\
@@ -328,7 +328,7 @@ python sweeps/pairs.py --not-shell
 """
     found = extract(text, "doc.md")
     assert [(c.where, c.target, c.args, c.env) for c in found] == [
-        ("doc.md:3", "bench/transfer.py", ["--preset", "p.yaml", "--threads", "1", "--shard", "0/2"],
+        ("doc.md:3", "sweeps/grid.py", ["--preset", "p.yaml", "--threads", "1", "--shard", "0/2"],
          {"OMP_NUM_THREADS": "1"}),
         ("doc.md:6", "sweeps/pairs.py", ["--address", "auto", "--mlflow-uri", "http://SUBST:5000"], {}),
         ("doc.md:8", "-m metaxl_core.train", ["--config", "trial.yaml"], {}),
