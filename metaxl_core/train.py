@@ -273,7 +273,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     if cfg.output_dir and os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
         raise ConfigError(f"output_dir: {cfg.output_dir} exists and is not a folder")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -318,6 +318,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         history, evaluations = list(resume_from["history"]), list(resume_from["evaluations"])
         best, best_state = dict(resume_from["best"]), resume_from["best_state"]
         first_epoch, updates = resume_from["epoch"] + 1, resume_from["updates"]
+        cpu_started -= resume_from.get("cpu_s", 0.0)  # this trial's CPU seconds before it
 
     def evaluate_dev(epoch: int) -> dict:
         """Score dev now; keep the model if it is the best so far. Returns the dev scores."""
@@ -406,13 +407,18 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                             **{f"final/{k}": v for k, v in final_test.items()}})
         timing["time/eval_s"] += eval_seconds + time.perf_counter() - eval_started
         timing["time/train_s"] += eval_started - epoch_started - eval_seconds
+        # what the trial cost so far (not in history, which repeats exactly): updates, CPU seconds
+        # of this process, seconds on a GPU
+        cost = {"cost/updates": updates, "cost/cpu_s": time.process_time() - cpu_started,
+                "cost/gpu_s": time.perf_counter() - started if device.type == "cuda" else 0.0}
         history.append(metrics)
         if progress:
             print(_format_epoch(metrics), flush=True)
         if report is not None:
-            # with cumulative seconds of loading + tokenising, training steps and evaluation
-            report({**metrics, **timing}, {
-                "epoch": epoch, "updates": updates, "history": list(history),
+            # with cumulative seconds of loading + tokenising, training steps and evaluation, and cost
+            report({**metrics, **timing, **cost}, {
+                "epoch": epoch, "updates": updates, "cpu_s": cost["cost/cpu_s"],
+                "history": list(history),
                 "evaluations": list(evaluations), "best": best, "best_state": best_state,
                 "model": model.state_dict(),
                 "theta_optimizer": theta_opt.state_dict(), "scheduler": scheduler.state_dict(),
@@ -442,6 +448,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         "best_step": best["step"],
         "final": {**{k: v for k, v in best.items() if k.startswith("dev/")}, **final_test},
         "wall_time_s": round(wall, 3),
+        "cpu_time_s": round(time.process_time() - cpu_started, 3),
         "timing_s": {k.split("/")[1][:-2]: round(v, 3) for k, v in timing.items()},
         "steps_per_s": round(steps_per_epoch * (cfg.epochs - first_epoch) / wall, 3),
         "device": str(device),

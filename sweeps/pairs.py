@@ -28,6 +28,8 @@ from pathlib import Path
 
 import ray
 import torch
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -40,12 +42,14 @@ from metaxl_core.errors import ConfigError, MetaXLError
 from metaxl_core.selection import best_trial, mean_std
 from metaxl_core.train import run_trial
 from sweeps.settings import CHOICES, SweepConfig
+from sweeps.analysis import analyse_sweep
 from sweeps.mlflow_store import default_tracking_uri, open_experiment, target_run
 from sweeps.tracking import PROJECT_ERROR, MLflowTracker
 
 METRIC, MODE = "dev/f1", "max"
 SWEEP_ID = "sweep_id.txt"  # the attempt id of the sweep in an output folder
 RAY_PROCESSES = "ray-processes.json"  # the local Ray's processes: pid and start time
+OPTUNA_JOURNAL = "optuna.journal"  # every search's Optuna study (storage), in the output folder
 
 
 # ---------------------------------------------------------------------------- Tune pieces
@@ -70,8 +74,13 @@ def search_space(sweep: SweepConfig, search: dict, n_layers: int) -> dict:
     return space
 
 
-def make_searcher(sweep: SweepConfig, index: int) -> ConcurrencyLimiter:
-    return ConcurrencyLimiter(OptunaSearch(metric=METRIC, mode=MODE, seed=sweep.seed + index),
+def make_searcher(sweep: SweepConfig, index: int, study_name: str,
+                  journal: str) -> ConcurrencyLimiter:
+    """Optuna TPE for one search, its study kept in the sweep's journal file (resumable; open it
+    live with `optuna-dashboard <journal>`)."""
+    storage = JournalStorage(JournalFileBackend(journal))
+    return ConcurrencyLimiter(OptunaSearch(metric=METRIC, mode=MODE, seed=sweep.seed + index,
+                                           study_name=study_name, storage=storage),
                               max_concurrent=sweep.max_concurrent)
 
 
@@ -149,7 +158,8 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
         tuner = tune.Tuner(
             runnable,
             param_space=search_space(sweep, search, n_layers),
-            tune_config=tune.TuneConfig(search_alg=make_searcher(sweep, index),
+            tune_config=tune.TuneConfig(search_alg=make_searcher(
+                sweep, index, name, os.path.join(os.path.dirname(storage), OPTUNA_JOURNAL)),
                                         scheduler=make_scheduler(sweep, epochs),
                                         num_samples=sweep.trials_per_search,
                                         reuse_actors=sweep.reuse_actors),
@@ -190,8 +200,9 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
 
 
 def _outcomes(grid, fixed: dict) -> list[dict]:
-    """Per trial of a finished Tune run: config, error, epochs run and, for a trial that ran to
-    its end, its best dev F1 and the test F1 of that model (the trial scores test once)."""
+    """Per trial of a finished Tune run: config, error, epochs run, dev F1 per epoch (`curve`),
+    its cost (`updates`, `cpu_s`, `gpu_s`) and, for a trial that ran to its end, its best dev F1
+    and the test F1 of that model (the trial scores test once)."""
     outcomes = []
     for result in grid:
         history = result.metrics_dataframe
@@ -200,7 +211,10 @@ def _outcomes(grid, fixed: dict) -> list[dict]:
                "error": str(error)[-500:] if error else None}
         if history is not None and METRIC in history and not error:
             row["epochs_run"] = int(history["epoch"].max())
+            row["curve"] = [[int(e), float(f)] for e, f in zip(history["epoch"], history[METRIC])]
             last = history.iloc[-1]
+            row.update({key: float(last[f"cost/{key}"]) for key in ("updates", "cpu_s", "gpu_s")
+                        if f"cost/{key}" in history})
             if "best/test_f1" in history and last["best/test_f1"] == last["best/test_f1"]:
                 row.update({"dev_f1": float(last["best/dev_f1"]),
                             "test_f1": float(last["best/test_f1"])})
@@ -404,6 +418,24 @@ def print_summary(rows: list[dict]) -> None:
               f"{row['dev_f1']:>7.4f} {test:>20} {'' if gain is None else f'{gain:+.4f}':>13}")
 
 
+def log_analysis(output_dir: Path, summary: dict, client, parents: dict[str, str]) -> None:
+    """Write the sweep's analysis (`sweeps/analysis.py`) and attach it to the targets' parent
+    runs. A failure here loses nothing: it is reported, and `sweeps/analysis.py` re-runs it."""
+    try:
+        analyse_sweep(output_dir)
+        root = output_dir / "analysis"
+        for search in summary["searches"]:
+            client.log_artifacts(parents[search["target"]], str(root / search["name"]),
+                                 f"analysis/{search['name']}")
+        for parent in parents.values():
+            for name in ("analysis.md", "cost.png"):
+                client.log_artifact(parent, str(root / name), "analysis")
+        print(f"analysis: {root / 'analysis.md'}")
+    except Exception as err:  # noqa: BLE001 (the sweep's results are already saved)
+        print(f"warning: the sweep analysis failed ({type(err).__name__}: {err}); run "
+              f"python sweeps/analysis.py --output-dir {output_dir}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="sweep YAML; flags below override its keys")
@@ -476,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = summarise(sweep, outcomes)
+    epochs = sweep.base_trial(sweep.targets[0], sweep.methods[0]).epochs
     for row in rows:
         if row["best_method"] is not None:
             client.log_dict(parents[row["target"]], row, "best.json")
@@ -489,12 +522,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"sweep": sweep.name, "sweep_id": sweep_id, "mlflow_uri": uri,
                "wall_time_s": round(time.time() - started, 1),
                "targets": rows, "failed_trials": failed, "mlflow_errors": errors,
-               "searches": [{"name": o["name"], "trials": o["trials"]} for o in outcomes]}
+               "epochs": epochs,
+               "searches": [{"name": o["name"], "target": o["search"]["target"],
+                             "method": o["search"]["method"], "trials": o["trials"]}
+                            for o in outcomes]}
     tmp = summary_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, summary_path)
+    log_analysis(output_dir, summary, client, parents)
     trials = [t for o in outcomes for t in o["trials"]]
-    epochs = sweep.base_trial(sweep.targets[0], sweep.methods[0]).epochs
     stopped = sum(1 for t in trials if not t["error"] and t.get("epochs_run", epochs) < epochs)
     print(f"\n{len(trials)} trials: {len(trials) - stopped - len(failed)} ran all {epochs} epochs, "
           f"{stopped} stopped early by ASHA, {len(failed)} failed. {summary['wall_time_s']:.0f} s")

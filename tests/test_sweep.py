@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from metaxl_core.config import TrialConfig
 from metaxl_core.train import run_trial
+from sweeps.analysis import load_study
 from sweeps.export import export
 from tests.conftest import PROJECT_ROOT
 
@@ -94,6 +95,34 @@ def test_asha_stopped_at_least_one_trial(finished_sweep):
     stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
     assert stopped and all(r.info.status == "KILLED" for r in stopped)
     assert all(r.data.metrics["best/epoch"] < 3 for r in stopped)
+
+
+def test_the_sweep_keeps_its_optuna_studies_and_writes_an_analysis(finished_sweep):
+    tmp_path, stdout = finished_sweep
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    searches = {s["name"]: s for s in summary["searches"]}
+    assert len(searches) == 4
+    for name, search in searches.items():
+        study = load_study(out / "optuna.journal", name)  # the persistent storage
+        assert len(study.trials) == 3
+        assert {t.number for t in study.trials} == {0, 1, 2}
+        files = out / "analysis" / name
+        for png in ("curves.png", "parallel.png", "slice.png"):  # tiny-bert: F1 hardly varies
+            assert (files / png).read_bytes()[:4] == b"\x89PNG", (name, png)
+        for trial in search["trials"]:  # cost and curve per trial, from the trial's reports
+            assert trial["updates"] > 0 and trial["cpu_s"] > 0 and trial["gpu_s"] == 0.0
+            assert [e for e, _ in trial["curve"]] == list(range(1, trial["epochs_run"] + 1))
+        complete = {round(t.value, 6) for t in study.trials if t.value is not None}
+        assert complete == {round(t["curve"][-1][1], 6) for t in search["trials"]}
+    md = (out / "analysis" / "analysis.md").read_text()
+    assert all(f"`{name}`" in md for name in searches) and "CPU s" in md
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test-sweep")
+    for parent in client.search_runs([experiment.experiment_id], "tags.role = 'target'"):
+        logged = {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")}
+        assert "analysis/analysis.md" in logged and len(logged) >= 3, logged
+    assert "analysis:" in stdout
 
 
 def test_export_picks_the_best_dev_run_and_a_rerun_reproduces_it(finished_sweep, tmp_path):
