@@ -168,8 +168,9 @@ def test_index_file(task: str, target: str, cap: int, data_root, out: Path | Non
     import random
 
     from metaxl_core import data as data_lib
+    from metaxl_core.names import DataSpec
 
-    spec = data_lib.DataSpec.parse(target)
+    spec = DataSpec.parse(target)
     n = len(data_lib.read_split(spec, "test", data_lib.resolve_data_root(data_root)))
     if cap >= n:
         return None

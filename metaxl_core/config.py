@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from metaxl_core.errors import ConfigError
+from metaxl_core.errors import ConfigError, DataError
+from metaxl_core.names import TASKS, DataSpec, language_of
 
 # frozen_rtn and joint_t1 are controls for metaxl: the RTN frozen at its initialisation (θ
 # trains on source-through-RTN + T1, no hypergradient), and joint training on the source + T1
@@ -23,7 +24,6 @@ METHODS = ("metaxl", "joint", "target_only", "source_only", "frozen_rtn", "joint
 RTN_METHODS = ("metaxl", "frozen_rtn")  # the methods that build an RTN
 SPLIT_TARGET_METHODS = ("metaxl", "frozen_rtn", "joint_t1")  # θ sees T1, not the whole target batch
 HYPERGRADIENTS = ("exact", "truncated", "finite_difference")
-TASKS = ("ner", "sentiment")
 SOURCE_SAMPLING = ("proportional", "uniform", "learned")
 RTN_MIXING = ("sequential", "softmax")
 RTN_DESIGNS = ("official", "identity")
@@ -41,14 +41,14 @@ def split_sources(source: str | None) -> list[str]:
 
 def source_label(source: str | None) -> str:
     """Short label of a source field: its languages joined by "+" ("en+kin"), or "none"."""
-    return "+".join(name.split(":")[-1] for name in split_sources(source)) or "none"
+    return "+".join(language_of(name) for name in split_sources(source)) or "none"
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     """Every setting of one trial. Defaults follow the paper's NER setup where one exists."""
 
-    # --- data: "task:dataset:language" names, see metaxl_core.data ---
+    # --- data: "task:dataset:language" names, see metaxl_core.names and metaxl_core.data ---
     task: str = "ner"
     # None only for target_only; several sources: comma-separated, "ner:conll2003:en,ner:masakhaner2:kin"
     source: str | None = "ner:conll2003:en"
@@ -135,11 +135,13 @@ class TrialConfig:
         if self.method != "target_only":
             _check(bool(self.source), "source", f"is required for method {self.method!r}")
         for name, value in [("target", self.target)] + [("source", s) for s in self.sources]:
-            parts = value.split(":")
-            _check(len(parts) == 3 and all(parts), name,
-                   f"must look like 'task:dataset:language' (sources: comma-separated), got {value!r}")
-            _check(parts[0] == self.task, name,
-                   f"names task {parts[0]!r} but the trial's task is {self.task!r}")
+            try:
+                spec = DataSpec.parse(value)
+            except DataError as err:
+                several = " (several sources: comma-separated)" if name == "source" else ""
+                raise ConfigError(f"{name}: {err}{several}") from None
+            _check(spec.task == self.task, name,
+                   f"names task {spec.task!r} but the trial's task is {self.task!r}")
         if self.target in self.sources:
             raise ConfigError(f"source: includes the target {self.target!r}; pick another language")
         _check(len(set(self.sources)) == len(self.sources), "source",

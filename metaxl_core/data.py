@@ -7,8 +7,9 @@
     loader = DataLoader(enc.features, batch_size=10, shuffle=True,
                         collate_fn=make_collator(tokenizer, cfg.task))
 
-Dataset names are "task:dataset:language". Local data lives under a data root (the `data_root`
-argument, else $METAXL_DATA_ROOT, else the bundled sample `metaxl_core/sample_data`):
+Dataset names are "task:dataset:language" (metaxl_core.names). Local data lives under a data root
+(the `data_root` argument, else $METAXL_DATA_ROOT, else the bundled sample
+`metaxl_core/sample_data`):
 
 - ``ner:<name>:<lang>``: ``<root>/ner/<name>/<lang>/{train,dev,test}.txt`` (masakhaner1,
   masakhaner2, or any folder in that layout); ``ner:conll2003:<lang>`` reads
@@ -78,9 +79,9 @@ from pathlib import Path
 
 from metaxl_core.config import split_sources
 from metaxl_core.errors import DataError
+from metaxl_core.names import TASKS, DataSpec
 
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample_data"
-TASKS = ("ner", "sentiment")
 SPLITS = ("train", "dev", "test")
 SENTIMENT_3WAY = ["negative", "neutral", "positive"]
 SENTIMENT_BINARY = ["negative", "positive"]
@@ -91,31 +92,8 @@ SENTIPERS_SPLIT_SEED = 0
 _SENTIPERS_POLARITY = {"-2": "negative", "-1": "negative", "0": "neutral", "+1": "positive",
                        "1": "positive", "+2": "positive", "2": "positive"}
 _MARC_STARS = {0: "negative", 1: "negative", 2: "neutral", 3: "positive", 4: "positive"}  # stars-1
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TAG = re.compile(r"O|[BI]-\S+")
 _COLUMNS = re.compile(r"[ \t]+")
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """A dataset name "task:dataset:language", e.g. "ner:masakhaner2:yor"."""
-
-    task: str
-    dataset: str
-    lang: str
-
-    @classmethod
-    def parse(cls, text: str) -> DataSpec:
-        parts = str(text).split(":")
-        if len(parts) != 3 or not all(_NAME.fullmatch(p) for p in parts):
-            raise DataError(f"dataset name {text!r}: expected 'task:dataset:language' made of "
-                            "letters, digits, '_', '-', '.', e.g. 'ner:masakhaner2:yor'")
-        if parts[0] not in TASKS:
-            raise DataError(f"dataset name {text!r}: task must be one of {TASKS}")
-        return cls(*parts)
-
-    def __str__(self) -> str:
-        return f"{self.task}:{self.dataset}:{self.lang}"
 
 
 @dataclass

@@ -39,6 +39,7 @@ from metaxl_core.frozen import frozen_fidelity
 from metaxl_core.meta import metaxl_step, plain_step
 from metaxl_core.metrics import ner_scores, sentiment_scores
 from metaxl_core.model import MetaXLModel
+from metaxl_core.names import DataSpec
 
 EVAL_BATCH_SIZE = 64
 
@@ -122,7 +123,7 @@ class SourceSampler:
     """
 
     def __init__(self, cfg: TrialConfig, sizes: list[int]):
-        self.names = [name.split(":", 1)[1].replace(":", "_") for name in cfg.sources]
+        self.names = [f"{spec.dataset}_{spec.lang}" for spec in map(DataSpec.parse, cfg.sources)]
         self.sizes = list(sizes)
         self.mode, self.lr = cfg.source_sampling, cfg.sampling_lr
         prior = torch.log(torch.tensor(sizes, dtype=torch.float64))

@@ -23,8 +23,9 @@ import typing
 from dataclasses import dataclass, field
 
 from metaxl_core.config import (METHODS, RTN_DESIGNS, RTN_METHODS, RTN_MIXING, SOURCE_SAMPLING,
-                                 TASKS, TrialConfig, load_yaml_mapping, split_sources)
-from metaxl_core.errors import ConfigError
+                                 TrialConfig, load_yaml_mapping, split_sources)
+from metaxl_core.errors import ConfigError, DataError
+from metaxl_core.names import TASKS, DataSpec
 
 # Searched dimensions and the methods that have them (the frozen-RTN control has every RTN
 # dimension but meta_lr; learned source sampling follows the meta-gradient, so metaxl only).
@@ -106,10 +107,15 @@ class SweepConfig:
                 raise ConfigError(f"methods: unknown method {method!r}; known: {METHODS}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods: listed twice in {self.methods}")
-        for spec in self.datasets():
-            if spec.count(":") != 2 or spec.split(":")[0] != self.task:
-                raise ConfigError(f"targets/sources: {spec!r} must look like "
-                                  f"'{self.task}:dataset:language' (a source set: comma-separated)")
+        for name in self.datasets():
+            try:
+                spec = DataSpec.parse(name)
+            except DataError:
+                spec = None
+            if spec is None or spec.task != self.task:
+                raise ConfigError(f"targets/sources: {name!r} must look like "
+                                  f"'{self.task}:dataset:language' (letters, digits, '_', '-', '.'; "
+                                  "a source set: comma-separated)")
         for target in self.targets:
             if any(m != "target_only" for m in self.methods) and not self.sources_for(target):
                 raise ConfigError(f"sources: the only source for target {target!r} is the target "

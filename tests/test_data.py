@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from metaxl_core import data
 from metaxl_core.config import TrialConfig
-from metaxl_core.data import DataSpec, encode, load_task_data, make_collator, read_split
+from metaxl_core.data import encode, load_task_data, make_collator, read_split
 from metaxl_core.errors import DataError
+from metaxl_core.names import DataSpec
 
 NER_LABELS = ["O", "B-DATE", "I-DATE", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 
