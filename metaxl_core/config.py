@@ -205,7 +205,7 @@ class TrialConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}")
         hints = typing.get_type_hints(cls)
-        kwargs = {name: _coerce(name, value, hints[name], source) for name, value in values.items()}
+        kwargs = {name: coerce_field(source, name, value, hints[name]) for name, value in values.items()}
         try:
             return cls(**kwargs)
         except ConfigError as err:
@@ -222,7 +222,7 @@ class TrialConfig:
         hints = typing.get_type_hints(cls)
         for name, value in (overrides or {}).items():  # a bad flag is named as the flag
             if name in hints:
-                _coerce(name, value, hints[name], f"--{name.replace('_', '-')}")
+                coerce_field(f"--{name.replace('_', '-')}", name, value, hints[name])
         values = {**values, **(overrides or {})}
         return cls.from_dict(values, source=str(path))
 
@@ -304,39 +304,42 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name}: {message}")
 
 
-def _coerce(name: str, value, hint, source: str):
-    """Convert `value` to the field's type (int, float, bool, str, or Optional of those)."""
+def coerce_field(where: str, name: str, value, hint):
+    """`value` as the type of field `name`: bool, int, float (finite), str, list of str or dict,
+    or Optional of those. Text is read as the type ("3", "1e-5", "yes", "null": flags and MLflow
+    params are text); ConfigError naming `where` and the field when `value` is not of the type."""
     args = typing.get_args(hint)
     optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint)
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    base = typing.get_origin(hint) or hint
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
-        raise ConfigError(f"{source}: {name}: must not be null")
+        raise ConfigError(f"{where}: {name}: must not be null")
     try:
         if base is bool:
             if isinstance(value, bool):
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
+        elif base is int:
+            if not (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+                return int(value)
+        elif base is float:
+            if not isinstance(value, bool) and math.isfinite(float(value)):
+                return float(value)
+        elif base is str:
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                return str(value)
+        elif base is list:
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
+        elif base is dict:
+            if isinstance(value, dict):
+                return value
+    except (TypeError, ValueError, OverflowError):
         pass
-    else:
-        return value
-    raise ConfigError(
-        f"{source}: {name}: expected {base.__name__}{' or null' if optional else ''}, got {value!r}"
-    )
-
+    expected = "list of str" if base is list else base.__name__
+    raise ConfigError(f"{where}: {name}: expected {expected}{' or null' if optional else ''}, "
+                      f"got {value!r}")

@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 
 from metaxl_core.config import (METHODS, RTN_DESIGNS, RTN_METHODS, RTN_MIXING, SOURCE_SAMPLING,
-                                 TrialConfig, load_yaml_mapping, split_sources)
+                                 TrialConfig, coerce_field, load_yaml_mapping, split_sources)
 from metaxl_core.errors import ConfigError, DataError
 from metaxl_core.names import TASKS, DataSpec
 
@@ -214,28 +214,9 @@ class SweepConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
         hints = typing.get_type_hints(cls)
-        for key, value in values.items():
-            _check_type(where, key, value, hints[key])
+        values = {key: coerce_field(where, key, value, hints[key]) for key, value in values.items()}
         try:
             return cls(**values)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
 
-
-def _check_type(where: str, key: str, value, hint) -> None:
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return
-        hint = next(a for a in args if a is not type(None))
-    base = typing.get_origin(hint) or hint
-    if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif base is list:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:
-        ok = isinstance(value, base)
-    if not ok:
-        raise ConfigError(f"{where}: {key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
