@@ -48,7 +48,7 @@ def source_label(source: str | None) -> str:
 class TrialConfig:
     """Every setting of one trial. Defaults follow the paper's NER setup where one exists."""
 
-    # --- data: "task:dataset:language" names, see metaxl_core.names and metaxl_core.data ---
+    # --- data: "task:dataset:language" names, see metaxl_core.names and metaxl_core.readers ---
     task: str = "ner"
     # None only for target_only; several sources: comma-separated, "ner:conll2003:en,ner:masakhaner2:kin"
     source: str | None = "ner:conll2003:en"
