@@ -93,7 +93,7 @@ class TrialConfig:
     # their losses with softmax weights learned as part of Φ, as the original code did)
     rtn_mixing: str = "sequential"
 
-    # --- several sources (see metaxl_core.train) ---
+    # --- several sources (see metaxl_core.sampling and metaxl_core.train) ---
     rtn_per_source: bool = False  # one RTN (set) per source, each source batch through its own
     # which source each step's batch comes from: "proportional" to the sources' sizes, "uniform",
     # or "learned" (metaxl only: sources whose steps align with the meta-gradient get more steps)
