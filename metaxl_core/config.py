@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from metaxl_core.errors import ConfigError
+from metaxl_core.errors import ConfigError, DataError
+from metaxl_core.names import TASKS, DataSpec, language_of
 
 # frozen_rtn and joint_t1 are controls for metaxl: the RTN frozen at its initialisation (θ
 # trains on source-through-RTN + T1, no hypergradient), and joint training on the source + T1
@@ -23,7 +24,6 @@ METHODS = ("metaxl", "joint", "target_only", "source_only", "frozen_rtn", "joint
 RTN_METHODS = ("metaxl", "frozen_rtn")  # the methods that build an RTN
 SPLIT_TARGET_METHODS = ("metaxl", "frozen_rtn", "joint_t1")  # θ sees T1, not the whole target batch
 HYPERGRADIENTS = ("exact", "truncated", "finite_difference")
-TASKS = ("ner", "sentiment")
 SOURCE_SAMPLING = ("proportional", "uniform", "learned")
 RTN_MIXING = ("sequential", "softmax")
 RTN_DESIGNS = ("official", "identity")
@@ -41,14 +41,14 @@ def split_sources(source: str | None) -> list[str]:
 
 def source_label(source: str | None) -> str:
     """Short label of a source field: its languages joined by "+" ("en+kin"), or "none"."""
-    return "+".join(name.split(":")[-1] for name in split_sources(source)) or "none"
+    return "+".join(language_of(name) for name in split_sources(source)) or "none"
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     """Every setting of one trial. Defaults follow the paper's NER setup where one exists."""
 
-    # --- data: "task:dataset:language" names, see metaxl_core.data ---
+    # --- data: "task:dataset:language" names, see metaxl_core.names and metaxl_core.readers ---
     task: str = "ner"
     # None only for target_only; several sources: comma-separated, "ner:conll2003:en,ner:masakhaner2:kin"
     source: str | None = "ner:conll2003:en"
@@ -93,7 +93,7 @@ class TrialConfig:
     # their losses with softmax weights learned as part of Φ, as the original code did)
     rtn_mixing: str = "sequential"
 
-    # --- several sources (see metaxl_core.train) ---
+    # --- several sources (see metaxl_core.sampling and metaxl_core.train) ---
     rtn_per_source: bool = False  # one RTN (set) per source, each source batch through its own
     # which source each step's batch comes from: "proportional" to the sources' sizes, "uniform",
     # or "learned" (metaxl only: sources whose steps align with the meta-gradient get more steps)
@@ -135,11 +135,13 @@ class TrialConfig:
         if self.method != "target_only":
             _check(bool(self.source), "source", f"is required for method {self.method!r}")
         for name, value in [("target", self.target)] + [("source", s) for s in self.sources]:
-            parts = value.split(":")
-            _check(len(parts) == 3 and all(parts), name,
-                   f"must look like 'task:dataset:language' (sources: comma-separated), got {value!r}")
-            _check(parts[0] == self.task, name,
-                   f"names task {parts[0]!r} but the trial's task is {self.task!r}")
+            try:
+                spec = DataSpec.parse(value)
+            except DataError as err:
+                several = " (several sources: comma-separated)" if name == "source" else ""
+                raise ConfigError(f"{name}: {err}{several}") from None
+            _check(spec.task == self.task, name,
+                   f"names task {spec.task!r} but the trial's task is {self.task!r}")
         if self.target in self.sources:
             raise ConfigError(f"source: includes the target {self.target!r}; pick another language")
         _check(len(set(self.sources)) == len(self.sources), "source",
@@ -203,7 +205,7 @@ class TrialConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}")
         hints = typing.get_type_hints(cls)
-        kwargs = {name: _coerce(name, value, hints[name], source) for name, value in values.items()}
+        kwargs = {name: coerce_field(source, name, value, hints[name]) for name, value in values.items()}
         try:
             return cls(**kwargs)
         except ConfigError as err:
@@ -220,7 +222,7 @@ class TrialConfig:
         hints = typing.get_type_hints(cls)
         for name, value in (overrides or {}).items():  # a bad flag is named as the flag
             if name in hints:
-                _coerce(name, value, hints[name], f"--{name.replace('_', '-')}")
+                coerce_field(f"--{name.replace('_', '-')}", name, value, hints[name])
         values = {**values, **(overrides or {})}
         return cls.from_dict(values, source=str(path))
 
@@ -302,39 +304,42 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name}: {message}")
 
 
-def _coerce(name: str, value, hint, source: str):
-    """Convert `value` to the field's type (int, float, bool, str, or Optional of those)."""
+def coerce_field(where: str, name: str, value, hint):
+    """`value` as the type of field `name`: bool, int, float (finite), str, list of str or dict,
+    or Optional of those. Text is read as the type ("3", "1e-5", "yes", "null": flags and MLflow
+    params are text); ConfigError naming `where` and the field when `value` is not of the type."""
     args = typing.get_args(hint)
     optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint)
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    base = typing.get_origin(hint) or hint
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
-        raise ConfigError(f"{source}: {name}: must not be null")
+        raise ConfigError(f"{where}: {name}: must not be null")
     try:
         if base is bool:
             if isinstance(value, bool):
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
+        elif base is int:
+            if not (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+                return int(value)
+        elif base is float:
+            if not isinstance(value, bool) and math.isfinite(float(value)):
+                return float(value)
+        elif base is str:
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                return str(value)
+        elif base is list:
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
+        elif base is dict:
+            if isinstance(value, dict):
+                return value
+    except (TypeError, ValueError, OverflowError):
         pass
-    else:
-        return value
-    raise ConfigError(
-        f"{source}: {name}: expected {base.__name__}{' or null' if optional else ''}, got {value!r}"
-    )
-
+    expected = "list of str" if base is list else base.__name__
+    raise ConfigError(f"{where}: {name}: expected {expected}{' or null' if optional else ''}, "
+                      f"got {value!r}")

@@ -39,6 +39,7 @@ from metaxl_core.frozen import frozen_fidelity
 from metaxl_core.meta import metaxl_step, plain_step
 from metaxl_core.metrics import ner_scores, sentiment_scores
 from metaxl_core.model import MetaXLModel
+from metaxl_core.sampling import SourceSampler, endless_batches
 from metaxl_core.selection import improves
 
 EVAL_BATCH_SIZE = 64
@@ -95,77 +96,6 @@ def _loader(features, collator, batch_size, seed, shuffle=True) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(features, batch_size=batch_size, shuffle=shuffle, generator=gen,
                       collate_fn=collator)
-
-
-def _endless_batches(features: list[dict], batch_size: int, seed: int):
-    """Lists of exactly `batch_size` features drawn from shuffled passes over `features`."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        while len(order) < batch_size:
-            more = list(range(len(features)))
-            rng.shuffle(more)
-            order += more
-        take, order = order[:batch_size], order[batch_size:]
-        yield [features[i] for i in take]
-
-
-class SourceSampler:
-    """Which source each step's batch comes from when a trial has several sources.
-
-    The probabilities are softmax(logits): "proportional" fixes the logits at log(size),
-    "uniform" at 0; "learned" starts proportional and, after every MetaXL step on source i,
-    moves them by the REINFORCE rule logits += lr (r - b)(onehot(i) - p), where the reward r
-    is the step's `grad_alignment` (cosine between g and the meta-gradient, so sources whose
-    steps lower the target's meta loss gain probability) and b a running mean of r (as in
-    MultiDDS, Wang et al. 2020). Each step's batch comes from one source, so a per-source RTN
-    sees only its own language.
-    """
-
-    def __init__(self, cfg: TrialConfig, sizes: list[int]):
-        self.names = [name.split(":", 1)[1].replace(":", "_") for name in cfg.sources]
-        self.sizes = list(sizes)
-        self.mode, self.lr = cfg.source_sampling, cfg.sampling_lr
-        prior = torch.log(torch.tensor(sizes, dtype=torch.float64))
-        self.logits = torch.zeros_like(prior) if self.mode == "uniform" else prior
-        self.baseline: float | None = None
-        self.steps = [0] * len(sizes)
-
-    def probabilities(self) -> torch.Tensor:
-        return torch.softmax(self.logits, dim=0)
-
-    def batches(self, features: list[dict], collator, batch_size: int, steps: int, seed: int):
-        """`steps` (source index, collated batch) pairs; each batch drawn from one source."""
-        rng = random.Random(seed)
-        bounds = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
-        streams = [_endless_batches(features[lo:hi], batch_size, seed + 7919 * (i + 1))
-                   for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
-        for _ in range(steps):
-            index = rng.choices(range(len(streams)), weights=self.probabilities().tolist())[0]
-            self.steps[index] += 1
-            yield index, collator(next(streams[index]))
-
-    def update(self, index: int, reward: float) -> None:
-        """Learned sampling: move the probabilities toward sources with well-aligned steps."""
-        if self.mode != "learned":
-            return
-        advantage = reward - (reward if self.baseline is None else self.baseline)
-        direction = -self.probabilities()
-        direction[index] += 1.0
-        self.logits = self.logits + self.lr * advantage * direction
-        self.baseline = reward if self.baseline is None else 0.9 * self.baseline + 0.1 * reward
-
-    def metrics(self) -> dict[str, float]:
-        """Sampling probability and steps so far of each source, for the epoch's metrics."""
-        return {**{f"train/p_{n}": p for n, p in zip(self.names, self.probabilities().tolist())},
-                **{f"train/steps_{n}": float(k) for n, k in zip(self.names, self.steps)}}
-
-    def state_dict(self) -> dict:
-        return {"logits": self.logits.clone(), "baseline": self.baseline, "steps": list(self.steps)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.logits, self.baseline, self.steps = state["logits"].clone(), state["baseline"], \
-            list(state["steps"])
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -347,7 +277,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         epoch_started = time.perf_counter()
         eval_seconds = 0.0
         epoch_seed = cfg.seed * 1000 + epoch
-        target_batches = _endless_batches(splits["target_train"].features, cfg.batch_size,
+        target_batches = endless_batches(splits["target_train"].features, cfg.batch_size,
                                           epoch_seed)
         if sampler is None:
             step_batches = ((0, b) for b in _loader(steps_data.features, collator, cfg.batch_size,

@@ -23,6 +23,7 @@ import yaml
 
 from metaxl_core.config import TrialConfig
 from metaxl_core.errors import MetaXLError
+from metaxl_core.names import language_of
 from metaxl_core.selection import rank_trials
 from sweeps.mlflow_store import default_tracking_uri, open_experiment
 
@@ -82,7 +83,7 @@ def export(uri: str, experiment: str, out: Path, top_k: int = 1) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written, index = [], []
     for target, records in chosen.items():
-        lang = target.split(":")[-1]
+        lang = language_of(target)
         for rank, record in enumerate(records, start=1):
             path = out / (f"{lang}.yaml" if rank == 1 else f"{lang}-{rank}.yaml")
             _write(path, record)

@@ -152,10 +152,11 @@ def test_index_file(task: str, target: str, cap: int, data_root, out: Path | Non
     under <out>/splits/ (content-addressed, so reruns reuse it)."""
     import random
 
-    from metaxl_core import data as data_lib
+    from metaxl_core.names import DataSpec
+    from metaxl_core.readers import read_split, resolve_data_root
 
-    spec = data_lib.DataSpec.parse(target)
-    n = len(data_lib.read_split(spec, "test", data_lib.resolve_data_root(data_root)))
+    spec = DataSpec.parse(target)
+    n = len(read_split(spec, "test", resolve_data_root(data_root)))
     if cap >= n:
         return None
     positions = sorted(random.Random(0).sample(range(n), cap))

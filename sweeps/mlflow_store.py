@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from metaxl_core.config import source_label
 from metaxl_core.errors import ConfigError
+from metaxl_core.names import language_of
 
 # The tracking stores MLflow's client accepts (file: and bare paths: the deprecated file store).
 URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
@@ -84,7 +85,7 @@ def target_run(client: MlflowClient, experiment_id: str, sweep_id: str, target: 
     run_id = find_run(client, experiment_id, **tags)
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name=f"target {target}",
-                                   tags={**tags, "target_lang": target.split(":")[-1]}).info.run_id
+                                   tags={**tags, "target_lang": language_of(target)}).info.run_id
     return run_id
 
 
@@ -103,7 +104,7 @@ def log_results(client: MlflowClient, experiment_id: str, results: dict, tags: d
     Returns the run id."""
     config = results["config"]
     tags = {"task": config["task"], "encoder": config["encoder"],
-            "target": config["target"], "target_lang": config["target"].split(":")[-1],
+            "target": config["target"], "target_lang": language_of(config["target"]),
             "source_lang": source_label(config.get("source")),
             "method": config["method"], **{k: str(v) for k, v in tags.items()}}
     run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id

@@ -39,6 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from metaxl_core import data as data_lib
 from metaxl_core.encoders import encoder_depth
 from metaxl_core.errors import ConfigError, MetaXLError
+from metaxl_core.names import language_of
 from metaxl_core.selection import best_trial, mean_std
 from metaxl_core.train import run_trial
 from sweeps.settings import CHOICES, SweepConfig
@@ -143,7 +144,7 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
     error_file = os.path.join(path, "mlflow-errors.json")
     tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
         "sweep_id": sweep_id, "task": sweep.task, "method": search["method"],
-        "target_lang": search["target"].split(":")[-1], "target": search["target"],
+        "target_lang": language_of(search["target"]), "target": search["target"],
         "encoder": fixed["encoder"], "search": name}, fixed, epochs, error_file)
     resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
     with_fixed = tune.with_parameters(trainable, fixed=fixed,

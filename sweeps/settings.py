@@ -23,8 +23,9 @@ import typing
 from dataclasses import dataclass, field
 
 from metaxl_core.config import (METHODS, RTN_DESIGNS, RTN_METHODS, RTN_MIXING, SOURCE_SAMPLING,
-                                 TASKS, TrialConfig, load_yaml_mapping, split_sources)
-from metaxl_core.errors import ConfigError
+                                 TrialConfig, coerce_field, load_yaml_mapping, split_sources)
+from metaxl_core.errors import ConfigError, DataError
+from metaxl_core.names import TASKS, DataSpec
 
 # Searched dimensions and the methods that have them (the frozen-RTN control has every RTN
 # dimension but meta_lr; learned source sampling follows the meta-gradient, so metaxl only).
@@ -106,10 +107,15 @@ class SweepConfig:
                 raise ConfigError(f"methods: unknown method {method!r}; known: {METHODS}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods: listed twice in {self.methods}")
-        for spec in self.datasets():
-            if spec.count(":") != 2 or spec.split(":")[0] != self.task:
-                raise ConfigError(f"targets/sources: {spec!r} must look like "
-                                  f"'{self.task}:dataset:language' (a source set: comma-separated)")
+        for name in self.datasets():
+            try:
+                spec = DataSpec.parse(name)
+            except DataError:
+                spec = None
+            if spec is None or spec.task != self.task:
+                raise ConfigError(f"targets/sources: {name!r} must look like "
+                                  f"'{self.task}:dataset:language' (letters, digits, '_', '-', '.'; "
+                                  "a source set: comma-separated)")
         for target in self.targets:
             if any(m != "target_only" for m in self.methods) and not self.sources_for(target):
                 raise ConfigError(f"sources: the only source for target {target!r} is the target "
@@ -208,28 +214,9 @@ class SweepConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
         hints = typing.get_type_hints(cls)
-        for key, value in values.items():
-            _check_type(where, key, value, hints[key])
+        values = {key: coerce_field(where, key, value, hints[key]) for key, value in values.items()}
         try:
             return cls(**values)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
 
-
-def _check_type(where: str, key: str, value, hint) -> None:
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return
-        hint = next(a for a in args if a is not type(None))
-    base = typing.get_origin(hint) or hint
-    if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif base is list:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:
-        ok = isinstance(value, base)
-    if not ok:
-        raise ConfigError(f"{where}: {key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

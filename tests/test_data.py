@@ -10,10 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metaxl_core import data
+from metaxl_core import readers
 from metaxl_core.config import TrialConfig
-from metaxl_core.data import DataSpec, encode, load_task_data, make_collator, read_split
+from metaxl_core.data import encode, load_task_data, make_collator
 from metaxl_core.errors import DataError
+from metaxl_core.names import DataSpec
+from metaxl_core.readers import read_split
 
 NER_LABELS = ["O", "B-DATE", "I-DATE", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 
@@ -51,7 +53,7 @@ def unigram():
     from transformers import PreTrainedTokenizerFast
 
     sentences = [" ".join(ex["tokens"]) for name in ("masakhaner2:yor", "masakhaner1:amh")
-                 for ex in read_split(DataSpec.parse(f"ner:{name}"), "train", data.SAMPLE_ROOT)]
+                 for ex in read_split(DataSpec.parse(f"ner:{name}"), "train", readers.SAMPLE_ROOT)]
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -73,19 +75,19 @@ def test_bad_dataset_names_are_rejected(text):
 
 def test_data_root_order(tmp_path, monkeypatch):
     monkeypatch.delenv("METAXL_DATA_ROOT", raising=False)
-    assert data.resolve_data_root(None) == data.SAMPLE_ROOT
+    assert readers.resolve_data_root(None) == readers.SAMPLE_ROOT
     monkeypatch.setenv("METAXL_DATA_ROOT", str(tmp_path))
-    assert data.resolve_data_root(None) == tmp_path
-    assert data.resolve_data_root(data.SAMPLE_ROOT) == data.SAMPLE_ROOT
+    assert readers.resolve_data_root(None) == tmp_path
+    assert readers.resolve_data_root(readers.SAMPLE_ROOT) == readers.SAMPLE_ROOT
     monkeypatch.setenv("METAXL_DATA_ROOT", str(tmp_path / "missing"))
     with pytest.raises(DataError, match=r"METAXL_DATA_ROOT.*missing"):
-        data.resolve_data_root(None)
+        readers.resolve_data_root(None)
 
 
 def test_default_trial_loads_from_the_bundled_sample(monkeypatch):
     monkeypatch.delenv("METAXL_DATA_ROOT", raising=False)
     task = load_task_data(cfg(source_train_size=200, target_train_size=100))
-    assert task.notes["data_root"] == str(data.SAMPLE_ROOT)
+    assert task.notes["data_root"] == str(readers.SAMPLE_ROOT)
     assert task.labels == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     assert [len(task.source_train), len(task.target_train)] == [200, 100]
     assert [len(task.target_dev), len(task.target_test)] == [60, 60]
@@ -97,9 +99,9 @@ def test_default_trial_loads_from_the_bundled_sample(monkeypatch):
 
 
 def test_sample_is_small_and_documented():
-    files = [p for p in data.SAMPLE_ROOT.rglob("*") if p.is_file()]
+    files = [p for p in readers.SAMPLE_ROOT.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 1_000_000
-    readme = (data.SAMPLE_ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (readers.SAMPLE_ROOT / "README.md").read_text(encoding="utf-8")
     for needle in ("CC BY-NC 4.0", "CC BY 4.0", "CoNLL-2003", "Adelani", "Muhammad"):
         assert needle in readme
 
@@ -125,7 +127,8 @@ def test_iob2_repairs_are_counted(shared_data):
         stray += tag.startswith("I-") and previous[2:] != tag[2:]
         previous = tag
     assert stray > 0
-    sentences, info = data._read(DataSpec.parse("ner:masakhaner2:kin"), "train", shared_data)
+    spec = DataSpec.parse("ner:masakhaner2:kin")
+    sentences, info = readers.read_split_with_info(spec, "train", shared_data)
     assert info["iob2_repairs"] == stray
     assert sum(t.startswith("B-") for s in sentences for t in s["tags"]) == b_tags(path) + stray
 
@@ -145,9 +148,9 @@ def test_sentipers_split_is_fixed_disjoint_and_complete(shared_data):
     lines = (shared_data / "sentiment/sentipers/sentipers.tsv").read_text(encoding="utf-8")
     n_rows = len(lines.splitlines()) - 1
     spec = DataSpec.parse("sentiment:sentipers:fa")
-    splits = {s: read_split(spec, s, shared_data) for s in data.SPLITS}
+    splits = {s: read_split(spec, s, shared_data) for s in readers.SPLITS}
     n_train, n_dev = int(0.8 * n_rows), int(0.1 * n_rows)
-    assert [len(splits[s]) for s in data.SPLITS] == [n_train, n_dev, n_rows - n_train - n_dev]
+    assert [len(splits[s]) for s in readers.SPLITS] == [n_train, n_dev, n_rows - n_train - n_dev]
     assert read_split(spec, "test", shared_data) == splits["test"]
     assert {ex["label"] for ex in splits["train"]} == {"negative", "neutral", "positive"}
 
@@ -160,7 +163,7 @@ def test_sampling_is_deterministic_nested_and_seeded(monkeypatch):
     first, again = load_task_data(base), load_task_data(base)
     assert first.source_train == again.source_train and first.target_dev == again.target_dev
     assert len(first.target_dev) == 50
-    assert len(first.target_test) == len(blocks(data.SAMPLE_ROOT / "ner/masakhaner2/yor/test.txt"))
+    assert len(first.target_test) == len(blocks(readers.SAMPLE_ROOT / "ner/masakhaner2/yor/test.txt"))
     other = load_task_data(base.replace(data_seed=7))
     assert other.target_train != first.target_train and other.source_train != first.source_train
     smaller = load_task_data(base.replace(target_train_size=40))
@@ -214,11 +217,11 @@ def test_split_index_file(tmp_path):
     task = load_task_data(cfg(source=None, method="target_only", target_train_size=4,
                               split_index_file=str(index)))
     yor = DataSpec.parse("ner:masakhaner2:yor")
-    train = read_split(yor, "train", data.SAMPLE_ROOT)
+    train = read_split(yor, "train", readers.SAMPLE_ROOT)
     assert sorted(ex["tokens"] for ex in task.target_train) == sorted(
         train[i]["tokens"] for i in (0, 1, 3, 5))
     assert [ex["tokens"] for ex in task.target_test] == [
-        read_split(yor, "test", data.SAMPLE_ROOT)[i]["tokens"] for i in (2, 4)]
+        read_split(yor, "test", readers.SAMPLE_ROOT)[i]["tokens"] for i in (2, 4)]
     with pytest.raises(DataError, match=r"split\.json.*target_train_size=5"):
         load_task_data(cfg(source=None, method="target_only", target_train_size=5,
                            split_index_file=str(index)))
@@ -285,7 +288,7 @@ def test_unknown_sentipers_polarity_names_file_and_line(tmp_path):
 
 
 def test_unknown_names_list_what_exists():
-    root = data.SAMPLE_ROOT
+    root = readers.SAMPLE_ROOT
     with pytest.raises(DataError, match=r"unknown dataset 'nope'.*masakhaner2 \(hau, ibo, swa, "
                                         r"yor\).*wikiann"):
         read_split(DataSpec.parse("ner:nope:yor"), "train", root)
@@ -304,7 +307,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_iob2_repair_in_a_user_folder(tmp_path):
-    for split in data.SPLITS:
+    for split in readers.SPLITS:
         make_root(tmp_path, f"ner/mine/xx/{split}.txt",
                   b"-DOCSTART- -X- O O\n\nOlu I-PER\nAde I-PER\nni O\nEko I-LOC\n\n"
                   b"Ife B-LOC\nni I-PER\n")
@@ -319,7 +322,7 @@ def test_iob2_repair_in_a_user_folder(tmp_path):
 
 def test_empty_tokens_of_published_files_are_skipped_and_counted(tmp_path):
     """MasakhaNER 2.0's isiXhosa train.txt has two lines of a space-only token and its tag."""
-    for split in data.SPLITS:
+    for split in readers.SPLITS:
         make_root(tmp_path, f"ner/masakhaner2/xho/{split}.txt",
                   b"Ndi O\n  O\nkwa B-LOC\n\nUmntu O\n O\nu B-PER\n")
     sentences = read_split(DataSpec.parse("ner:masakhaner2:xho"), "train", tmp_path)
@@ -357,7 +360,7 @@ def test_readers_raise_only_data_error(content):
                 assert len(ex["tokens"]) == len(ex["tags"]) > 0
                 assert all(t == "O" or t[:2] in ("B-", "I-") for t in ex["tags"])
             else:
-                assert ex["text"] and ex["label"] in data.SENTIMENT_3WAY
+                assert ex["text"] and ex["label"] in readers.SENTIMENT_3WAY
 
 
 # ------------------------------------------------------------------------------------- hub
@@ -365,7 +368,7 @@ def test_hub_fails_fast_offline():
     start = time.monotonic()
     for name in ("ner:wikiann:qu", "sentiment:marc:en"):
         with pytest.raises(DataError) as err:
-            read_split(DataSpec.parse(name), "train", data.SAMPLE_ROOT)
+            read_split(DataSpec.parse(name), "train", readers.SAMPLE_ROOT)
         for needle in ("--data-root", "METAXL_DATA_ROOT", "ner:masakhaner2:<lang>",
                        "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             assert needle in str(err.value)
@@ -382,9 +385,9 @@ def test_hub_unreachable_fails_fast(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data.socket, "create_connection", refuse)
+    monkeypatch.setattr(readers.socket, "create_connection", refuse)
     with pytest.raises(DataError, match=r"unimelb-nlp/wikiann.*unreachable.*--data-root"):
-        read_split(DataSpec.parse("ner:wikiann:qu"), "train", data.SAMPLE_ROOT)
+        read_split(DataSpec.parse("ner:wikiann:qu"), "train", readers.SAMPLE_ROOT)
 
 
 # -------------------------------------------------------------------------------- encoding
@@ -433,17 +436,17 @@ def test_truncation_is_counted_and_gold_kept(wordpiece, shared_data):
 
 
 def test_sentiment_encoding_and_collators(wordpiece):
-    examples = read_split(DataSpec.parse("sentiment:afrisenti:hau"), "dev", data.SAMPLE_ROOT)[:6]
+    examples = read_split(DataSpec.parse("sentiment:afrisenti:hau"), "dev", readers.SAMPLE_ROOT)[:6]
     examples[0] = {"text": "kai " * 200 + "😭", "label": "negative"}
-    encoded = encode(examples, wordpiece, data.SENTIMENT_3WAY, "sentiment", 32)
+    encoded = encode(examples, wordpiece, readers.SENTIMENT_3WAY, "sentiment", 32)
     assert encoded.n_truncated >= 1 and encoded.gold == [ex["label"] for ex in examples]
     assert [f["labels"] for f in encoded.features] == [
-        data.SENTIMENT_3WAY.index(ex["label"]) for ex in examples]
+        readers.SENTIMENT_3WAY.index(ex["label"]) for ex in examples]
     batch = make_collator(wordpiece, "sentiment")(encoded.features[:3])
     assert batch["input_ids"].shape[0] == 3 and batch["labels"].tolist() == [
         f["labels"] for f in encoded.features[:3]]
 
-    sentences = read_split(DataSpec.parse("ner:masakhaner2:yor"), "dev", data.SAMPLE_ROOT)[:4]
+    sentences = read_split(DataSpec.parse("ner:masakhaner2:yor"), "dev", readers.SAMPLE_ROOT)[:4]
     ner = encode(sentences, wordpiece, NER_LABELS, "ner", 64)
     batch = make_collator(wordpiece, "ner")(ner.features)
     longest = max(len(f["input_ids"]) for f in ner.features)

@@ -12,7 +12,8 @@ from metaxl_core.data import load_task_data
 from metaxl_core.errors import ConfigError
 from metaxl_core.meta import finite_difference_hypergradient, hypergradient, metaxl_step
 from metaxl_core.model import MetaXLModel
-from metaxl_core.train import SourceSampler, run_trial
+from metaxl_core.sampling import SourceSampler
+from metaxl_core.train import run_trial
 from tests.conftest import synthetic_split
 from tests.test_meta import (DESIGNS, LABELS, LAYERS, batch, make_model, meta_loss_after_virtual_step,
                              tiny_encoder)
