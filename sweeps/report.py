@@ -20,6 +20,7 @@ Outputs (fixed names under --out; `<task>` is ner or sentiment):
     <task>_bars.png           per (target, source) grouped bars, error bars = std over seeds
     <task>_gain_heatmap.png   source x target heatmap of MetaXL - joint (when >1 source)
     <task>_curves.png         dev F1 per epoch (mean ± std over seeds) per method, one target
+    <task>_curves_all.png     the same, one panel per (target, source) row (when several)
     <task>_sensitivity.png    dev F1 against the grid value (grid runs only)
 Scores are shown as F1 x 100.
 """
@@ -229,11 +230,11 @@ def plot_bars(task: str, rows: list[dict], path: Path, metric: str = "test F1 ×
     ax.set_xticks(x, [row_label(r) for r in rows], rotation=20 if len(rows) > 6 else 0)
     ax.set_ylabel(metric)
     ax.set_title(f"{task}: test score at the best dev epoch (mean ± std over seeds)")
-    ax.legend(fontsize=8, ncol=min(5, len(methods)), loc="upper center",
+    ax.legend(fontsize=8, ncol=min(4, len(methods)), loc="upper center",
               bbox_to_anchor=(0.5, -0.12 if len(rows) <= 6 else -0.2))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)
 
 
@@ -312,6 +313,38 @@ def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> Non
     ax.set_ylabel("dev F1 × 100")
     ax.set_title(f"{task} {label}: dev F1 per {unit} (mean ± std over seeds)", fontsize=9)
     _save_line_plot(fig, ax, path)
+
+
+def plot_all_curves(task: str, panels: list[tuple[str, dict, str]], path: Path) -> None:
+    """One panel of dev F1 curves (mean ± std over seeds) per (target, source) row."""
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=100,
+                             squeeze=False, sharey=True)
+    for ax, (label, data, unit) in zip(axes.flat, panels):
+        for m in ordered(data):
+            xs = sorted(data[m])
+            cells = [mean_std(data[m][x]) for x in xs]
+            means = np.array([c["mean"] for c in cells])
+            stds = np.array([c["std"] for c in cells])
+            ax.plot(xs, means, marker="o", markersize=2, label=title_of(m), color=COLORS.get(m))
+            ax.fill_between(xs, means - stds, means + stds, alpha=0.12, color=COLORS.get(m))
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel(unit, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("dev F1 × 100")
+    handles: dict = {}  # one legend entry per method over every panel
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", fontsize=8,
+               ncol=min(4, len(handles)), bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(handles) > 4)))
+    fig.suptitle(f"{task}: dev F1 per row (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _save_line_plot(fig, ax, path: Path) -> None:
@@ -402,6 +435,12 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
         curve_path = out / f"{task}_curves.png"
         if curve_data:
             plot_curves(task, row_label(pick), curve_data, curve_unit, curve_path)
+        panels = [(row_label(row), *curves(client, records, task, row["target"], row["source"]))
+                  for row in rows]
+        panels = [panel for panel in panels if panel[1]]
+        all_curves_path = out / f"{task}_curves_all.png"
+        if len(panels) > 1:
+            plot_all_curves(task, panels, all_curves_path)
         md += [f"## {task}", "", markdown_table(rows), ""]
         for extra in EXTRA_METRICS.get(task, []):
             extra_rows = build_tables(records, extra).get(task)
@@ -416,6 +455,9 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
             md += [f"![{task} MetaXL gain heatmap]({heat.name})", ""]
         if curve_data:
             md += [f"Learning curves ({row_label(pick)}):", "", f"![{task} curves]({curve_path.name})",
+                   ""]
+        if len(panels) > 1:
+            md += ["Learning curves of every row:", "", f"![{task} curves]({all_curves_path.name})",
                    ""]
         report["tasks"][task] = {
             "rows": [{"target": r["target"], "source": r["source"], "cells": r["cells"],

@@ -134,7 +134,8 @@ def test_bench_report_tables_gains_and_plots(bench_store, tmp_path):
     assert data["tasks"]["ner"]["curves"]["dev_f1"]["joint"]["2"] == pytest.approx(
         [100 * (v + 0.01) for v in VALUES[("ner", "ner:masakhaner2:yor", "ner:conll2003:en")]
          ["joint"]])
-    for name in ("ner_bars.png", "ner_gain_heatmap.png", "ner_curves.png", "sentiment_bars.png",
+    for name in ("ner_bars.png", "ner_gain_heatmap.png", "ner_curves.png", "ner_curves_all.png",
+                 "sentiment_bars.png",
                  "sentiment_curves.png"):
         size, width, height = _png_size(out / name)
         assert size > 5_000 and 300 <= width <= 4000 and 200 <= height <= 3000, name
