@@ -26,6 +26,7 @@ import traceback
 import uuid
 from pathlib import Path
 
+import optuna
 import ray
 import torch
 from optuna.storages import JournalStorage
@@ -75,14 +76,45 @@ def search_space(sweep: SweepConfig, search: dict, n_layers: int) -> dict:
     return space
 
 
+class FileBackedOptunaSearch(OptunaSearch):
+    """OptunaSearch whose study is kept in a journal file, which outlives Tune's snapshots: a
+    trial that finished after the last snapshot is complete in the file, and a resumed sweep
+    runs it again; that second run's results are not told to the study (Optuna refuses to
+    update a finished trial)."""
+
+    def _told(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        return ot_trial is not None and self._ot_study.get_trials(deepcopy=False)[
+            ot_trial.number].state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if not self._told(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if self._told(trial_id):
+            self._ot_trials.pop(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
 def make_searcher(sweep: SweepConfig, index: int, study_name: str,
                   journal: str) -> ConcurrencyLimiter:
     """Optuna TPE for one search, its study kept in the sweep's journal file (resumable; open it
     live with `optuna-dashboard <journal>`)."""
     storage = JournalStorage(JournalFileBackend(journal))
-    return ConcurrencyLimiter(OptunaSearch(metric=METRIC, mode=MODE, seed=sweep.seed + index,
-                                           study_name=study_name, storage=storage),
-                              max_concurrent=sweep.max_concurrent)
+    return ConcurrencyLimiter(FileBackedOptunaSearch(
+        metric=METRIC, mode=MODE, seed=sweep.seed + index, study_name=study_name,
+        storage=storage), max_concurrent=sweep.max_concurrent)
+
+
+def close_study(journal: str, study_name: str) -> None:
+    """Mark FAIL the study's trials still RUNNING once its search ended: trials a killed driver
+    had asked for after Tune's last snapshot, which a resume replaced by new ones."""
+    study = optuna.load_study(study_name=study_name,
+                              storage=JournalStorage(JournalFileBackend(journal)))
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def make_scheduler(sweep: SweepConfig, epochs: int) -> ASHAScheduler:
@@ -141,6 +173,7 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
     epochs = fixed["epochs"]
     name = search_name(search)
     path = os.path.join(storage, name)
+    journal = os.path.join(os.path.dirname(storage), OPTUNA_JOURNAL)
     error_file = os.path.join(path, "mlflow-errors.json")
     tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
         "sweep_id": sweep_id, "task": sweep.task, "method": search["method"],
@@ -159,8 +192,7 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
         tuner = tune.Tuner(
             runnable,
             param_space=search_space(sweep, search, n_layers),
-            tune_config=tune.TuneConfig(search_alg=make_searcher(
-                sweep, index, name, os.path.join(os.path.dirname(storage), OPTUNA_JOURNAL)),
+            tune_config=tune.TuneConfig(search_alg=make_searcher(sweep, index, name, journal),
                                         scheduler=make_scheduler(sweep, epochs),
                                         num_samples=sweep.trials_per_search,
                                         reuse_actors=sweep.reuse_actors),
@@ -170,6 +202,7 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     outcomes = _outcomes(tuner.fit(), fixed)
+    close_study(journal, name)
     repeats = []
     finished = [o for o in outcomes if "dev_f1" in o]
     if sweep.seeds_per_config > 1 and finished:

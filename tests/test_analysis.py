@@ -63,3 +63,34 @@ def test_a_folder_that_is_not_a_finished_sweep_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "sweeps/analysis.py", "--output-dir", str(tmp_path)],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "finished sweep" in proc.stderr
+
+
+def test_a_resumed_searcher_does_not_tell_a_trial_the_journal_already_finished(tmp_path):
+    """Tune's snapshot of the searcher predates the end of trial a; the journal file does not.
+    After a resume Tune runs a again, and its results must not be told twice."""
+    import pickle
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from sweeps.pairs import FileBackedOptunaSearch
+
+    def searcher():
+        return FileBackedOptunaSearch(
+            space={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+            metric="dev/f1", mode="max", study_name="s", seed=0,
+            storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal"))))
+
+    live = searcher()
+    assert "lr" in live.suggest("a")
+    snapshot = pickle.dumps(live)  # Tune's last snapshot: a is running
+    live.on_trial_result("a", {"dev/f1": 0.4, "training_iteration": 1})
+    live.on_trial_complete("a", {"dev/f1": 0.5, "training_iteration": 2})
+    resumed = pickle.loads(snapshot)  # the driver was killed; --resume restores the snapshot
+    resumed.on_trial_result("a", {"dev/f1": 0.4, "training_iteration": 1})
+    resumed.on_trial_complete("a", {"dev/f1": 0.5, "training_iteration": 2})
+    assert "lr" in resumed.suggest("b")
+    resumed.on_trial_complete("b", {"dev/f1": 0.7, "training_iteration": 2})
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(
+        str(tmp_path / "optuna.journal"))))
+    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.5), ("COMPLETE", 0.7)]

@@ -236,6 +236,10 @@ def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_pa
     assert {r.data.tags["sweep_id"] for r in trials + runs("target")} == {
         (out / "sweep_id.txt").read_text()}, "one attempt, one parent run per target"
     assert len(runs("target")) == 1
+    for search in summary["searches"]:  # the Optuna studies outlived the kills, none left running
+        study = load_study(out / "optuna.journal", search["name"])
+        states = [t.state.name for t in study.trials]
+        assert "RUNNING" not in states and states.count("COMPLETE") >= len(search["trials"]), states
 
 
 def test_a_sweep_searches_source_sets_with_per_source_rtns(tmp_path):
