@@ -74,10 +74,11 @@ def best_range(study: optuna.Study, param: str, top: float = 0.25) -> tuple | li
     return sorted({str(v) for v in values})
 
 
-def _save(figure_or_axes, path: Path) -> None:
-    fig = getattr(figure_or_axes, "figure", None) or \
-        getattr(getattr(figure_or_axes, "flat", [None])[0], "figure", None)
-    fig.set_size_inches(max(fig.get_size_inches()[0], 6), max(fig.get_size_inches()[1], 4))
+def _save(axes, path: Path) -> None:
+    """Save the figure of an Optuna plot (one Axes, or an array of them for slice plots)."""
+    fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(max(width, 6), max(height, 4))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 

@@ -298,16 +298,21 @@ def curves(client: MlflowClient, records: list[dict], task: str, target: str,
     return out, unit
 
 
-def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+def _draw_curves(ax, data: dict, markersize: float = 3) -> None:
+    """Mean ± std over seeds of {method: {x: [values]}}, one line and band per method."""
     for m in ordered(data):
         xs = sorted(data[m])
         cells = [mean_std(data[m][x]) for x in xs]
         means = np.array([c["mean"] for c in cells])
         stds = np.array([c["std"] for c in cells])
-        ax.plot(xs, means, marker="o", markersize=3, label=title_of(m),
+        ax.plot(xs, means, marker="o", markersize=markersize, label=title_of(m),
                 color=COLORS.get(m))
         ax.fill_between(xs, means - stds, means + stds, alpha=0.15, color=COLORS.get(m))
+
+
+def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+    _draw_curves(ax, data)
     ax.set_xlabel(unit)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("dev F1 × 100")
@@ -322,13 +327,7 @@ def plot_all_curves(task: str, panels: list[tuple[str, dict, str]], path: Path) 
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=100,
                              squeeze=False, sharey=True)
     for ax, (label, data, unit) in zip(axes.flat, panels):
-        for m in ordered(data):
-            xs = sorted(data[m])
-            cells = [mean_std(data[m][x]) for x in xs]
-            means = np.array([c["mean"] for c in cells])
-            stds = np.array([c["std"] for c in cells])
-            ax.plot(xs, means, marker="o", markersize=2, label=title_of(m), color=COLORS.get(m))
-            ax.fill_between(xs, means - stds, means + stds, alpha=0.12, color=COLORS.get(m))
+        _draw_curves(ax, data, markersize=2)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel(unit, fontsize=8)
         ax.grid(alpha=0.3)
