@@ -21,6 +21,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from metaxl_core.config import (METHODS, RTN_DESIGNS, RTN_METHODS, RTN_MIXING, SOURCE_SAMPLING,
                                  TrialConfig, coerce_field, load_yaml_mapping, split_sources)
@@ -57,6 +58,32 @@ EMBEDDED_TRIAL = {
 }
 EMBEDDED_SPACE = {"rtn_width": [16, 32, 64], "rtn_layer": [0, None], "lr": [1e-4, 3e-3],
                   "meta_lr": [1e-5, 1e-2]}
+
+
+PATH_FIELDS = ("data_root", "split_index_file")  # trial fields that name a file or folder
+
+
+def _absolute_paths(values: dict) -> dict:
+    """`values` with relative data paths (and a local encoder folder) made absolute against the
+    current folder: Ray Tune runs each trial in its own working folder, where they would not
+    resolve."""
+    def absolute(path):
+        return str(Path(path).expanduser().resolve()) if isinstance(path, str) and path else path
+
+    values = dict(values)
+    if "data_root" in values:
+        values["data_root"] = absolute(values["data_root"])
+    if isinstance(values.get("trial"), dict):
+        trial = dict(values["trial"])
+        for name in PATH_FIELDS:
+            if name in trial:
+                trial[name] = absolute(trial[name])
+        encoder = trial.get("encoder")
+        if isinstance(encoder, str) and (encoder.startswith(("./", "../", "~"))
+                                         or Path(encoder).exists()):
+            trial["encoder"] = absolute(encoder)
+        values["trial"] = trial
+    return values
 
 
 @dataclass(frozen=True)
@@ -215,6 +242,7 @@ class SweepConfig:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
         hints = typing.get_type_hints(cls)
         values = {key: coerce_field(where, key, value, hints[key]) for key, value in values.items()}
+        values = _absolute_paths(values)
         try:
             return cls(**values)
         except ConfigError as err:

@@ -62,6 +62,19 @@ def test_flags_override_the_file(tmp_path):
     assert sweep.trials_per_search == 3
 
 
+def test_relative_data_paths_are_made_absolute_for_the_trial_folders(tmp_path, monkeypatch):
+    # Ray Tune runs a trial in its own working folder, where '../data' would point elsewhere.
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    path = write(tmp_path, "trial: {data_root: ../data, split_index_file: idx/splits.json}\n")
+    trial = SweepConfig.load(path).base_trial("ner:masakhaner2:yor", "joint")
+    assert trial.data_root == str(tmp_path / "data")
+    assert trial.split_index_file == str(tmp_path / "project" / "idx" / "splits.json")
+    flagged = SweepConfig.load(path, {"data_root": "../flag-data"}).base_trial(
+        "ner:masakhaner2:yor", "joint")
+    assert flagged.data_root == str(tmp_path / "flag-data")
+
+
 @pytest.mark.parametrize("text,message", [
     ("trials_per_serch: 3\n", "unknown key(s) ['trials_per_serch']"),
     ("trials_per_search: many\n", "trials_per_search: expected int, got 'many'"),
