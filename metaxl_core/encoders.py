@@ -183,6 +183,7 @@ def trim_vocabulary(model: PreTrainedModel, used_ids) -> torch.Tensor:
             setattr(config, key, new_id(getattr(config, key)))
     config.metaxl_special_token_ids = [new_id(i) for i in special]
     config.metaxl_unk_token_id = new_id(unk)
+    config.metaxl_kept_token_ids = kept.tolist()  # row i was row kept[i] of the full vocabulary
     embeddings = getattr(model, "embeddings", None)
     if isinstance(getattr(embeddings, "padding_idx", None), int):  # XLM-R position ids
         embeddings.padding_idx = new_id(embeddings.padding_idx)

@@ -92,10 +92,11 @@ RTN_CLASSES = {"official": OfficialRTN, "identity": IdentityRTN}  # by config.RT
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     """The encoder's list of transformer layers (the ModuleList of num_hidden_layers blocks)."""
-    return encoder.get_submodule(_layers_path(encoder))
+    return encoder.get_submodule(layers_path(encoder))
 
 
-def _layers_path(encoder: nn.Module) -> str:
+def layers_path(encoder: nn.Module) -> str:
+    """The dotted name of the encoder's ModuleList of layers (e.g. "encoder.layer")."""
     n_layers = encoder.config.num_hidden_layers
     for name, module in encoder.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layers:
@@ -115,7 +116,7 @@ def split_encoder(encoder: nn.Module, frozen_layers: int) -> tuple[nn.Module, nn
     """(bottom, top) copies of `encoder`: bottom computes the hidden states after layer
     `frozen_layers` (embeddings and layers 1..k), top runs layers k+1..L on them (its embeddings
     are a `CachedInput`: pass the cached states as `inputs_embeds`)."""
-    path = _layers_path(encoder)
+    path = layers_path(encoder)
     parent, _, attr = path.rpartition(".")
     n_layers = encoder.config.num_hidden_layers
     if not 0 <= frozen_layers <= n_layers:

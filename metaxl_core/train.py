@@ -136,13 +136,14 @@ def _rtn_movement(model: MetaXLModel, batches: list[tuple[int, dict]]) -> dict[s
 
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
-             device: torch.device) -> dict[str, float]:
-    """Scores on one split. NER words cut off by truncation are predicted `O`, so the score is
-    always over every gold word."""
+def predict(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
+            device: torch.device, progress: bool = False) -> list:
+    """The predicted label of each example of `encoded`: for NER a tag per word, words cut off
+    by truncation tagged `O`; for sentiment one label."""
     model.eval()
     predictions = []
-    for batch in _loader(encoded.features, collator, EVAL_BATCH_SIZE, 0, shuffle=False):
+    batches = _loader(encoded.features, collator, EVAL_BATCH_SIZE, 0, shuffle=False)
+    for batch in tqdm(batches, desc="predicting", unit="batch", disable=not progress):
         batch = _to(batch, device)
         logits = model(batch["input_ids"], batch["attention_mask"])
         if task == "ner":
@@ -153,8 +154,17 @@ def evaluate(model: MetaXLModel, encoded, collator, labels: list[str], task: str
             predictions += [labels[i] for i in logits.argmax(-1).tolist()]
     model.train()
     if task == "ner":
-        padded = [p + ["O"] * (len(g) - len(p)) for p, g in zip(predictions, encoded.gold)]
-        return ner_scores(encoded.gold, padded)
+        return [p + ["O"] * (len(g) - len(p)) for p, g in zip(predictions, encoded.gold)]
+    return predictions
+
+
+def evaluate(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
+             device: torch.device) -> dict[str, float]:
+    """Scores on one split. NER words cut off by truncation are predicted `O`, so the score is
+    always over every gold word."""
+    predictions = predict(model, encoded, collator, labels, task, device)
+    if task == "ner":
+        return ner_scores(encoded.gold, predictions)
     return sentiment_scores(encoded.gold, predictions, labels)
 
 
@@ -190,7 +200,7 @@ def build_trial(cfg: TrialConfig, device: torch.device):
 
 
 def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | None = None,
-              progress: bool = False) -> dict:
+              progress: bool = False, model_dir: str | Path | None = None) -> dict:
     """Train and evaluate one configuration; returns the results dict (also written to
     `output_dir/results.json` when set).
 
@@ -199,6 +209,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         report: optional `report(metrics, checkpoint)` called after each epoch's evaluation.
         resume_from: a checkpoint dict given to `report` earlier; training continues after it.
         progress: show a tqdm bar per epoch.
+        model_dir: save the best dev model there, without its RTN (`metaxl_core.saved_model`).
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     if cfg.output_dir and os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
@@ -384,6 +395,11 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         "device": str(device),
         "torch": torch.__version__,
     }
+    if model_dir is not None:  # the model of the best dev evaluation is loaded (test_best)
+        from metaxl_core.saved_model import save_model  # it imports this module
+
+        save_model(model_dir, model, _cached_encoder(cfg.encoder, cfg.seed), cfg, labels,
+                   results["final"])
     if cfg.output_dir:
         write_results(Path(cfg.output_dir), results)
     return results
@@ -410,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="trial YAML (a TrialConfig mapping, or an exported file)")
+    parser.add_argument("--save-model", metavar="DIR", help="save the best dev model (without "
+                        "its RTN) in DIR, for `python -m metaxl_core.predict --model DIR`")
     for f in dataclasses.fields(TrialConfig):
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(flag, dest=f.name, default=None, metavar="VALUE",
@@ -419,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("config", "save_model") and v is not None}
     try:
         if args.config:
             cfg = TrialConfig.from_yaml(args.config, overrides)
@@ -427,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = TrialConfig.from_dict(overrides, source="command line")
         print(f"trial: {cfg.method} {cfg.source or '-'} -> {cfg.target} on {cfg.encoder}",
               flush=True)
-        results = run_trial(cfg, progress=True)
+        results = run_trial(cfg, progress=True, model_dir=args.save_model)
     except MetaXLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -436,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
           f"test f1 {final['test/f1']:.4f}  ({results['wall_time_s']:.1f} s)")
     if cfg.output_dir:
         print(f"results: {Path(cfg.output_dir) / 'results.json'}")
+    if args.save_model:
+        print(f"model: {args.save_model}")
     return 0
 
 

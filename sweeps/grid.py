@@ -239,12 +239,6 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow_uri or f"sqlite:///{out.resolve() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///"):  # keep artifacts beside the store, not in ./mlruns
-        from mlflow.tracking import MlflowClient
-        probe = MlflowClient(tracking_uri=uri)
-        if probe.get_experiment_by_name(preset["name"]) is None:
-            probe.create_experiment(preset["name"],
-                                    artifact_location=(out.resolve() / "artifacts").as_uri())
     client, experiment_id = open_experiment(uri, preset["name"])
     done = {}
     for r in client.search_runs([experiment_id], "tags.role = 'bench' and attributes.status = "

@@ -1,6 +1,6 @@
 """MLflow helpers that need no Ray: open a tracking store, find or create runs, log a finished
-trial's results. Used by the Tune callback (`sweeps/tracking.py`), the grid runner, the export
-and the report.
+trial's results, log and register a trained model. Used by the Tune callback
+(`sweeps/tracking.py`), the grid runner, the export and the report.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import os
 import re
 import time
 import urllib.parse
+from pathlib import Path
 
+import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -33,16 +35,20 @@ def default_tracking_uri(output_dir: str) -> str:
 def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowClient, str]:
     """Connect and get (or create, idempotently: a concurrent sweep may create it first) the
     sweep's experiment; ConfigError naming the URI if the tracking store is unusable (before
-    any trial is launched). With create=False nothing is created, not even a sqlite file."""
+    any trial is launched). With create=False nothing is created, not even a sqlite file. An
+    experiment created in a local sqlite store keeps its artifacts beside the database file
+    (`artifacts/`), not in the current folder's ./mlruns."""
     scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]  # postgresql+psycopg2: postgresql
     if scheme not in URI_SCHEMES:
         raise ConfigError(f"MLflow tracking URI {uri!r}: unknown scheme {scheme!r}; use one of "
                           f"{', '.join(URI_SCHEMES)}")
+    artifact_location = None
     if scheme == "sqlite" and uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]
         if not create and not os.path.isfile(path):
             raise ConfigError(f"MLflow tracking URI {uri!r}: no database file {path}")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        artifact_location = Path(path).resolve().parent.joinpath("artifacts").as_uri()
     client = MlflowClient(tracking_uri=uri)
     previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail fast at start, retry later
@@ -52,7 +58,7 @@ def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowCli
             raise ConfigError(f"no experiment {name!r} at {uri}")
         if experiment is None:
             try:
-                return client, client.create_experiment(name)
+                return client, client.create_experiment(name, artifact_location=artifact_location)
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -130,3 +136,24 @@ def log_results(client: MlflowClient, experiment_id: str, results: dict, tags: d
                     "results.json")
     client.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+def register_model(uri: str, run_id: str, folder: str, name: str, tags: dict) -> str:
+    """Log the saved model `folder` to run `run_id` as an MLflow pyfunc model (its code:
+    `sweeps/pyfunc_model.py`), register it as `name` and tag the new version; returns the
+    version."""
+    import torch
+    import transformers
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"model": str(folder)}, registered_model_name=name, await_registration_for=0,
+            pip_requirements=["metaxl", f"torch=={torch.__version__.split('+')[0]}",
+                              f"transformers=={transformers.__version__}"])
+    version = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri=uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    return version

@@ -142,6 +142,47 @@ def test_export_picks_the_best_dev_run_and_a_rerun_reproduces_it(finished_sweep,
     assert rerun["final"]["dev/f1"] == pytest.approx(exported["metrics"]["dev_f1"], abs=1e-3)
 
 
+def test_train_final_registers_a_model_per_target_that_reloads_with_its_test_f1(finished_sweep,
+                                                                                tmp_path):
+    sweep_dir, _ = finished_sweep
+    uri = f"sqlite:///{sweep_dir / 'out' / 'mlflow.db'}"
+    export(uri, "test-sweep", tmp_path / "exports", train=True, seeds=2)
+    index = yaml.safe_load((tmp_path / "exports" / "index.yaml").read_text())["exports"]
+    assert {e["registered"] for e in index} == {"models:/metaxl-ner-yor/1", "models:/metaxl-ner-ibo/1"}
+    client = MlflowClient(uri)
+    for entry in index:
+        lang = entry["target"].rsplit(":", 1)[1]
+        tags = client.get_model_version(f"metaxl-ner-{lang}", "1").tags
+        assert float(tags["reloaded_test_f1"]) == pytest.approx(float(tags["test_f1"]), abs=1e-6)
+        assert tags["trial_id"] and tags["sweep_id"] and tags["seed"] == str(entry["seed"])
+        final = client.search_runs([client.get_experiment_by_name("test-sweep").experiment_id],
+                                   f"tags.role = 'final' and tags.target_lang = '{lang}'")
+        assert len(final) == 1 and final[0].data.metrics["best/test_f1"] == entry["final_test_f1"]
+    assert sorted(p.name for p in (tmp_path / "exports" / "models").iterdir()) == ["ibo", "yor"]
+
+    # the registered model (pyfunc) and the local folder predict the same, through the command
+    sentences = tmp_path / "in.txt"
+    sentences.write_text("Ade went to Lagos\n\nBola saw Kano today\n", encoding="utf-8")
+    outputs = []
+    for model in ("models:/metaxl-ner-yor/1", str(tmp_path / "exports" / "models" / "yor")):
+        proc = subprocess.run([sys.executable, "-m", "metaxl_core.predict", "--model", model,
+                               "--input", str(sentences), "--mlflow-uri", uri],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(proc.stdout)
+    assert outputs[0] == outputs[1]
+    lines = outputs[0].splitlines()  # a word-tag line per word, a blank line after each sentence
+    assert [line.split("\t")[0] for line in lines] == [
+        "Ade", "went", "to", "Lagos", "", "", "Bola", "saw", "Kano", "today", ""]
+    labels = json.loads((tmp_path / "exports" / "models" / "yor" / "metaxl.json").read_text())["labels"]
+    assert all(line.split("\t")[1] in labels for line in lines if line)
+
+    proc = subprocess.run([sys.executable, "-m", "metaxl_core.predict", "--model",
+                           "models:/metaxl-ner-xx/1", "--input", str(sentences), "--mlflow-uri", uri],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "metaxl-ner-yor" in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("interval, checkpointed", [
     (0, [True, True, False]), (25, [False, True, False]), (1000, [False, False, False])])
 def test_trials_checkpoint_once_the_interval_has_passed_and_never_after_the_last_epoch(

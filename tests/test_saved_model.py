@@ -1,0 +1,115 @@
+"""A trained model saved without its RTN: the same logits as the model in training (whole,
+cached fidelity, trimmed vocabulary), its recorded test F1 when reloaded, clear errors."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from metaxl_core import data as data_lib
+from metaxl_core import predict, train
+from metaxl_core.errors import MetaXLError
+from metaxl_core.saved_model import load_model, save_model
+from tests.test_train import config
+
+VARIANTS = {"whole": {}, "cached": {"freeze_layers": 1, "rtn_layer": 2},
+            "trimmed": {"trim_vocab": True}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_saved_model_gives_the_logits_of_the_model_in_training(synth_root, tmp_path, variant):
+    cfg = config(synth_root, method="metaxl", rtn_width=8, **VARIANTS[variant])
+    model, task_data, splits, collator = train.build_trial(cfg, torch.device("cpu"))
+    torch.manual_seed(1)
+    with torch.no_grad():  # stands in for training: every trained weight differs from the base
+        for param in model.theta().values():
+            param.add_(torch.randn_like(param) * 0.1)
+    model.eval()
+    batch = collator(splits["target_test"].features[:8])
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["attention_mask"])
+
+    base = train._cached_encoder(cfg.encoder, cfg.seed)
+    save_model(tmp_path / "model", model, base, cfg, task_data.labels, {"test/f1": 0.5})
+    loaded = load_model(tmp_path / "model")
+    assert not (tmp_path / "model" / "rtn").exists() and loaded.model.rtn is None
+    encoded = data_lib.encode(task_data.target_test[:8], loaded.tokenizer, loaded.labels, "ner",
+                              loaded.max_seq_length)
+    reloaded_batch = loaded.collator(encoded.features)
+    with torch.no_grad():
+        got = loaded.model(reloaded_batch["input_ids"], reloaded_batch["attention_mask"])
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(got[mask], expected[mask], atol=1e-5), (got - expected)[mask].abs().max()
+    test = splits["target_test"]
+    first = dataclasses.replace(test, features=test.features[:8], gold=test.gold[:8])
+    in_training = train.predict(model, first, collator, task_data.labels, "ner", torch.device("cpu"))
+    assert loaded.predict([ex["tokens"] for ex in task_data.target_test[:8]]) == in_training
+
+
+def test_a_trained_and_saved_model_reproduces_its_test_f1(synth_root, tmp_path):
+    results = train.run_trial(config(synth_root, method="metaxl", freeze_layers=1, epochs=10),
+                              model_dir=tmp_path / "model")
+    assert results["final"]["test/f1"] > 0.5  # it learned: the comparison below means something
+    loaded = load_model(tmp_path / "model")
+    assert loaded.score("test")["f1"] == pytest.approx(results["final"]["test/f1"], abs=1e-6)
+    info = json.loads((tmp_path / "model" / "metaxl.json").read_text())
+    assert info["scores"]["test/f1"] == results["final"]["test/f1"]
+    assert info["trial"]["freeze_layers"] == 1
+    tags = loaded.predict([["Ade", "went", "to", "Lagos"], [], ["Kano"]])
+    assert [len(t) for t in tags] == [4, 0, 1]
+    assert tags[0] == ["B-PER", "O", "O", "B-LOC"]
+
+
+def test_the_train_command_saves_a_model(synth_root, tmp_path):
+    cfg = config(synth_root, epochs=1, method="joint").to_dict()
+    (tmp_path / "trial.json").write_text(json.dumps(cfg))
+    code = train.main(["--config", str(tmp_path / "trial.json"), "--save-model",
+                       str(tmp_path / "model")])
+    assert code == 0 and load_model(tmp_path / "model").task == "ner"
+
+
+def test_loading_names_what_is_wrong(tmp_path):
+    with pytest.raises(MetaXLError, match="model folder not found"):
+        load_model(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MetaXLError, match="not a saved MetaXL model"):
+        load_model(tmp_path / "empty")
+
+
+@pytest.fixture(scope="module")
+def saved_folder(synth_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    train.run_trial(config(synth_root, method="joint", epochs=2), model_dir=folder)
+    return folder
+
+
+def test_predict_command_writes_tags_with_a_progress_bar_on_long_input(saved_folder, tmp_path, capsys):
+    lines = ["Ade went to Lagos", "Kano"] * 300  # more than one chunk of CHUNK_LINES
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code = predict.main(["--model", str(saved_folder), "--input", str(tmp_path / "in.txt"),
+                         "--output", str(tmp_path / "out.txt")])
+    assert code == 0
+    assert "predicting" in capsys.readouterr().err
+    out = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n\n")
+    assert len(out) == 601 and out[-1] == ""  # a blank line after each of the 600 sentences
+    assert [row.split("\t")[0] for row in out[0].splitlines()] == ["Ade", "went", "to", "Lagos"]
+    assert out[1].startswith("Kano\t")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty: it needs one sentence"), (b"\n  \n", "empty: it needs one sentence"),
+    (b"Ade went\nto Lagos \xff\n", "line 2: not UTF-8")])
+def test_predict_command_names_bad_input_and_writes_nothing(saved_folder, tmp_path, capsys, content,
+                                                             message):
+    (tmp_path / "in.txt").write_bytes(content)
+    code = predict.main(["--model", str(saved_folder), "--input", str(tmp_path / "in.txt"),
+                         "--output", str(tmp_path / "out.txt")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_predict_command_names_an_unknown_model(tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("Ade\n", encoding="utf-8")
+    code = predict.main(["--model", str(tmp_path / "nope"), "--input", str(tmp_path / "in.txt")])
+    assert code == 2 and "model folder not found" in capsys.readouterr().err
