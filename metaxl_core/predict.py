@@ -54,6 +54,9 @@ def open_model(name: str, mlflow_uri: str | None = None) -> SavedModel:
     from mlflow.exceptions import MlflowException
 
     uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///runs/sweep/mlflow.db"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise MetaXLError(f"no MLflow store at {uri} to find {name!r} in: pass --mlflow-uri "
+                          "(the sweep's, e.g. sqlite:///runs/sweep/mlflow.db)")
     mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model(name)

@@ -108,7 +108,7 @@ class SavedModel:
         self.model.to(self.device).eval()
         self.collator = data_lib.make_collator(self.tokenizer, self.task)
 
-    def predict(self, inputs: list, progress: bool = False) -> list:
+    def predict(self, inputs: list) -> list:
         """NER: a list of word lists -> a tag per word (an empty list gives []); sentiment: a
         list of texts -> one label each. Words past max_seq_length subwords are tagged `O`,
         as in evaluation."""
@@ -120,8 +120,7 @@ class SavedModel:
             examples = [{"text": text, "label": self.labels[0]} for text in inputs]
         encoded = data_lib.encode(examples, self.tokenizer, self.labels, self.task,
                                   self.max_seq_length)
-        out = predict(self.model, encoded, self.collator, self.labels, self.task, self.device,
-                      progress=progress)
+        out = predict(self.model, encoded, self.collator, self.labels, self.task, self.device)
         results: list = [[] for _ in inputs]
         for i, prediction in zip(kept, out):
             results[i] = prediction

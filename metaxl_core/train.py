@@ -137,13 +137,12 @@ def _rtn_movement(model: MetaXLModel, batches: list[tuple[int, dict]]) -> dict[s
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def predict(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
-            device: torch.device, progress: bool = False) -> list:
+            device: torch.device) -> list:
     """The predicted label of each example of `encoded`: for NER a tag per word, words cut off
     by truncation tagged `O`; for sentiment one label."""
     model.eval()
     predictions = []
-    batches = _loader(encoded.features, collator, EVAL_BATCH_SIZE, 0, shuffle=False)
-    for batch in tqdm(batches, desc="predicting", unit="batch", disable=not progress):
+    for batch in _loader(encoded.features, collator, EVAL_BATCH_SIZE, 0, shuffle=False):
         batch = _to(batch, device)
         logits = model(batch["input_ids"], batch["attention_mask"])
         if task == "ner":

@@ -113,3 +113,11 @@ def test_predict_command_names_an_unknown_model(tmp_path, capsys):
     (tmp_path / "in.txt").write_text("Ade\n", encoding="utf-8")
     code = predict.main(["--model", str(tmp_path / "nope"), "--input", str(tmp_path / "in.txt")])
     assert code == 2 and "model folder not found" in capsys.readouterr().err
+
+
+def test_predict_command_names_a_missing_mlflow_store(tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("Ade\n", encoding="utf-8")
+    code = predict.main(["--model", "models:/metaxl-ner-yor/1", "--input", str(tmp_path / "in.txt"),
+                         "--mlflow-uri", f"sqlite:///{tmp_path / 'absent.db'}"])
+    assert code == 2 and "no MLflow store at" in capsys.readouterr().err
+    assert not (tmp_path / "absent.db").exists()
