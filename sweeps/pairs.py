@@ -43,6 +43,7 @@ from metaxl_core.errors import ConfigError, MetaXLError
 from metaxl_core.names import language_of
 from metaxl_core.selection import best_trial, mean_std
 from metaxl_core.train import run_trial
+from sweeps.rank_sources import format_ranking, sweep_ranking
 from sweeps.settings import CHOICES, SweepConfig
 from sweeps.analysis import analyse_sweep
 from sweeps.mlflow_store import default_tracking_uri, open_experiment, target_run
@@ -80,7 +81,20 @@ class FileBackedOptunaSearch(OptunaSearch):
     """OptunaSearch whose study is kept in a journal file, which outlives Tune's snapshots: a
     trial that finished after the last snapshot is complete in the file, and a resumed sweep
     runs it again; that second run's results are not told to the study (Optuna refuses to
-    update a finished trial)."""
+    update a finished trial). `first_sources`: the first trials try these sources in this order
+    (the ranked candidates), their other dimensions sampled as usual; Ray's points_to_evaluate
+    would need every dimension fixed, so they are enqueued in the study itself."""
+
+    def __init__(self, *args, first_sources=(), **kwargs):
+        self._first_sources = list(first_sources)
+        super().__init__(*args, **kwargs)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        if not super().set_search_properties(metric, mode, config, **spec):
+            return False
+        for source in self._first_sources:  # skip_if_exists: a resumed study has them already
+            self._ot_study.enqueue_trial({"source": source}, skip_if_exists=True)
+        return True
 
     def _told(self, trial_id: str) -> bool:
         ot_trial = self._ot_trials.get(trial_id)
@@ -98,14 +112,14 @@ class FileBackedOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def make_searcher(sweep: SweepConfig, index: int, study_name: str,
-                  journal: str) -> ConcurrencyLimiter:
+def make_searcher(sweep: SweepConfig, index: int, study_name: str, journal: str,
+                  first_sources=()) -> ConcurrencyLimiter:
     """Optuna TPE for one search, its study kept in the sweep's journal file (resumable; open it
-    live with `optuna-dashboard <journal>`)."""
+    live with `optuna-dashboard <journal>`); its first trials try `first_sources` in order."""
     storage = JournalStorage(JournalFileBackend(journal))
     return ConcurrencyLimiter(FileBackedOptunaSearch(
         metric=METRIC, mode=MODE, seed=sweep.seed + index, study_name=study_name,
-        storage=storage), max_concurrent=sweep.max_concurrent)
+        storage=storage, first_sources=first_sources), max_concurrent=sweep.max_concurrent)
 
 
 def close_study(journal: str, study_name: str) -> None:
@@ -192,7 +206,9 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, stor
         tuner = tune.Tuner(
             runnable,
             param_space=search_space(sweep, search, n_layers),
-            tune_config=tune.TuneConfig(search_alg=make_searcher(sweep, index, name, journal),
+            tune_config=tune.TuneConfig(search_alg=make_searcher(
+                                            sweep, index, name, journal,
+                                            search["sources"] if search["ranked"] else ()),
                                         scheduler=make_scheduler(sweep, epochs),
                                         num_samples=sweep.trials_per_search,
                                         reuse_actors=sweep.reuse_actors),
@@ -257,7 +273,15 @@ def _outcomes(grid, fixed: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- driver
-def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None) -> None:
+def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None,
+               ranking: dict | None = None) -> None:
+    """The plan; with `ranking` (sweeps/rank_sources.sweep_ranking) each target's ranked
+    candidates first."""
+    for target, ranked in (ranking or {}).items():
+        print(f"sources for {target}, best first (top {sweep.source_rank['top_k']} searched):")
+        print("\n".join(format_ranking(ranked["rows"])))
+        for warning in ranked["warnings"]:
+            print(f"warning: {warning}")
     trials = len(searches) * sweep.trials_per_search
     print(f"Sweep {sweep.name!r}: task {sweep.task}, {len(sweep.targets)} target(s), "
           f"{len(sweep.sources)} candidate source(s), methods {', '.join(sweep.methods)}")
@@ -508,9 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         sweep = SweepConfig.load(args.config, overrides)
-        searches = sweep.searches()
+        ranking = sweep_ranking(sweep) if sweep.source_rank else None
+        searches = sweep.searches(ranking and {t: [row["source"] for row in r["rows"]]
+                                               for t, r in ranking.items()})
         if args.dry_run:
-            print_plan(sweep, searches, None)
+            print_plan(sweep, searches, None, ranking)
             return 0
         output_dir = Path(args.output_dir).resolve()
         summary_path = output_dir / "summary.json"
@@ -518,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         n_layers = check_inputs(sweep, searches)
         uri = args.mlflow_uri or default_tracking_uri(str(output_dir))
         client, experiment_id = open_experiment(uri, sweep.name)
-        print_plan(sweep, searches, n_layers)
+        print_plan(sweep, searches, n_layers, ranking)
         if args.address is None:
             stop_leftover_ray(output_dir)
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True,

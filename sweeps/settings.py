@@ -12,6 +12,12 @@ A sweep file looks like:
     space: {rtn_width: [64, 128, 192, 384, 768], rtn_layer: [0, 12],
             lr: [1.0e-5, 1.0e-4], meta_lr: [1.0e-7, 1.0e-3]}
     trial: {encoder: xlm-roberta-base, epochs: 20, source_train_size: 5000}
+
+`sources` may instead rank its candidates per target before any trial (sweeps/rank_sources.py)
+and keep the best `top_k` (default 3), searched from the best down:
+
+    sources: {rank: auto, top_k: 3, candidates: [ner:conll2003:en, ner:masakhaner2:hau, ...],
+              matrix: results/transfer_matrix.json}    # matrix: optional, this is the default
 """
 
 from __future__ import annotations
@@ -86,6 +92,24 @@ def _absolute_paths(values: dict) -> dict:
     return values
 
 
+def _ranked_sources(where: str, spec: dict) -> tuple[list[str], dict]:
+    """The candidates and {"top_k", "matrix"} of `sources: {rank: auto, top_k, candidates,
+    matrix}`; ConfigError naming the key at fault."""
+    unknown = sorted(set(spec) - {"rank", "top_k", "candidates", "matrix"})
+    if unknown:
+        raise ConfigError(f"{where}: sources: unknown key(s) {unknown}; a ranked source list has "
+                          "rank: auto, top_k, candidates and optionally matrix")
+    if spec.get("rank") != "auto":
+        raise ConfigError(f"{where}: sources.rank: must be 'auto', got {spec.get('rank')!r}")
+    if "candidates" not in spec:
+        raise ConfigError(f"{where}: sources.candidates: the candidate sources to rank are missing")
+    candidates = coerce_field(where, "sources.candidates", spec["candidates"], list[str])
+    top_k = coerce_field(where, "sources.top_k", spec.get("top_k", 3), int)
+    matrix = coerce_field(where, "sources.matrix", spec.get("matrix"), str | None)
+    return candidates, {"top_k": top_k,
+                        "matrix": matrix and str(Path(matrix).expanduser().resolve())}
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """Everything a sweep needs besides where it runs (address, MLflow URI, output dir)."""
@@ -113,6 +137,8 @@ class SweepConfig:
     seeds_per_config: int = 1  # >1: re-run each search's best configuration with more seeds
     #                            and report test F1 as mean ± std over them
     data_root: str | None = None
+    # from `sources: {rank: auto, ...}` (not a key of its own): {"top_k": K, "matrix": path|None}
+    source_rank: dict | None = None
     space: dict = field(default_factory=lambda: dict(EMBEDDED_SPACE))
     trial: dict = field(default_factory=lambda: dict(EMBEDDED_TRIAL))
 
@@ -143,6 +169,14 @@ class SweepConfig:
                 raise ConfigError(f"targets/sources: {name!r} must look like "
                                   f"'{self.task}:dataset:language' (letters, digits, '_', '-', '.'; "
                                   "a source set: comma-separated)")
+        if self.source_rank is not None:
+            top_k = self.source_rank["top_k"]
+            if top_k < 1:
+                raise ConfigError(f"sources.top_k: must be >= 1, got {top_k}")
+            for group in self.sources:
+                if len(split_sources(group)) > 1:
+                    raise ConfigError(f"sources.candidates: rank: auto ranks single sources, "
+                                      f"not the source set {group!r}")
         for target in self.targets:
             if any(m != "target_only" for m in self.methods) and not self.sources_for(target):
                 raise ConfigError(f"sources: the only source for target {target!r} is the target "
@@ -218,15 +252,21 @@ class SweepConfig:
         except ConfigError as err:
             raise ConfigError(f"sweep {err}") from None
 
-    def searches(self) -> list[dict]:
-        """One search per (target, method), or per (target, method, source) with grid_pairs."""
+    def searches(self, ranked: dict[str, list[str]] | None = None) -> list[dict]:
+        """One search per (target, method), or per (target, method, source) with grid_pairs.
+        `ranked`: target -> its candidates best first (sweeps/rank_sources.py): the first
+        `top_k` are searched, and `ranked: True` marks searches that try them in that order."""
         plan = []
         for target in self.targets:
+            sources = self.sources_for(target)
+            if ranked is not None:
+                sources = ranked[target][:self.source_rank["top_k"]]
             for method in self.methods:
-                sources = [None] if method == "target_only" else self.sources_for(target)
-                groups = [[s] for s in sources] if self.grid_pairs else [sources]
+                groups = [[None]] if method == "target_only" else \
+                    [[s] for s in sources] if self.grid_pairs else [sources]
                 for group in groups:
                     plan.append({"target": target, "method": method, "sources": group,
+                                 "ranked": ranked is not None and len(group) > 1,
                                  "dimensions": [d for d in self.space if method in DIMENSIONS[d]]})
         return plan
 
@@ -236,10 +276,12 @@ class SweepConfig:
         values = load_yaml_mapping(path) if path else {}
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         where = path or "command line"
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"source_rank"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        if isinstance(values.get("sources"), dict):
+            values["sources"], values["source_rank"] = _ranked_sources(where, values["sources"])
         hints = typing.get_type_hints(cls)
         values = {key: coerce_field(where, key, value, hints[key]) for key, value in values.items()}
         values = _absolute_paths(values)
