@@ -12,6 +12,7 @@ empty input line gives an empty sentence). Sentiment output is `label<TAB>text`,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -45,9 +46,25 @@ def read_lines(path: str | Path) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def tracking_uri(uri: str):
+    """MLflow's fluent API (and registry) pointed at `uri` for the block, then put back:
+    `mlflow.set_tracking_uri` also sets $MLFLOW_TRACKING_URI, which a sweep started later from
+    this process would inherit and log to."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None: unset again
+
+
 def open_model(name: str, mlflow_uri: str | None = None) -> SavedModel:
     """A saved folder, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS,
-    runs:/RUN_ID/model) resolved in `mlflow_uri`."""
+    runs:/RUN_ID/model) resolved in `mlflow_uri` (default: $MLFLOW_TRACKING_URI, else the
+    default sweep's store)."""
     if not name.startswith(MLFLOW_SCHEMES):
         return load_model(name)
     import mlflow
@@ -57,11 +74,11 @@ def open_model(name: str, mlflow_uri: str | None = None) -> SavedModel:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise MetaXLError(f"no MLflow store at {uri} to find {name!r} in: pass --mlflow-uri "
                           "(the sweep's, e.g. sqlite:///runs/sweep/mlflow.db)")
-    mlflow.set_tracking_uri(uri)
     try:
-        model = mlflow.pyfunc.load_model(name)
+        with tracking_uri(uri):
+            model = mlflow.pyfunc.load_model(name)
     except MlflowException as err:
-        registered = [m.name for m in mlflow.MlflowClient().search_registered_models()]
+        registered = [m.name for m in mlflow.MlflowClient(uri, uri).search_registered_models()]
         raise MetaXLError(f"cannot load {name!r} from {uri}: {err.message.splitlines()[0]}\n"
                           f"registered models there: {registered or 'none'} (--mlflow-uri sets "
                           "the store)") from None

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from metaxl_core.config import source_label
 from metaxl_core.errors import ConfigError
 from metaxl_core.names import language_of
+from metaxl_core.predict import tracking_uri
 
 # The tracking stores MLflow's client accepts (file: and bare paths: the deprecated file store).
 URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
@@ -145,8 +146,7 @@ def register_model(uri: str, run_id: str, folder: str, name: str, tags: dict) ->
     import torch
     import transformers
 
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with tracking_uri(uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"model": str(folder)}, registered_model_name=name, await_registration_for=0,

@@ -2,6 +2,7 @@
 re-run that reproduces the exported metric, and --resume after the driver is killed."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -146,7 +147,9 @@ def test_train_final_registers_a_model_per_target_that_reloads_with_its_test_f1(
                                                                                 tmp_path):
     sweep_dir, _ = finished_sweep
     uri = f"sqlite:///{sweep_dir / 'out' / 'mlflow.db'}"
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     export(uri, "test-sweep", tmp_path / "exports", train=True, seeds=2)
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # later sweeps must not log here
     index = yaml.safe_load((tmp_path / "exports" / "index.yaml").read_text())["exports"]
     assert {e["registered"] for e in index} == {"models:/metaxl-ner-yor/1", "models:/metaxl-ner-ibo/1"}
     client = MlflowClient(uri)
