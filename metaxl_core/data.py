@@ -141,11 +141,11 @@ def load_task_data(cfg) -> TaskData:
     if cfg.task == "sentiment":
         labels = SENTIMENT_BINARY if binary else SENTIMENT_3WAY
     else:
-        types = {"target": sorted(_entity_types(target_pool))}
+        types = {"target": sorted(entity_types(target_pool))}
         shared = set(types["target"])
         for spec, pool in zip(sources, source_pools):
             key = "source" if len(sources) == 1 else f"source:{spec}"
-            types[key] = sorted(_entity_types(pool))
+            types[key] = sorted(entity_types(pool))
             shared &= set(types[key])
             if not shared:
                 others = "" if len(sources) == 1 else " and the sources named before it"
@@ -154,7 +154,7 @@ def load_task_data(cfg) -> TaskData:
         types["shared"] = sorted(shared)
         notes["entity_types"], notes["folded_entities"] = types, {}
         for name, examples in splits.items():
-            splits[name], notes["folded_entities"][name] = _fold(examples, shared)
+            splits[name], notes["folded_entities"][name] = fold_types(examples, shared)
         labels = ["O"] + [f"{prefix}-{t}" for t in sorted(shared) for prefix in "BI"]
     for name, examples in splits.items():
         notes["counts"].setdefault(name, {})["used"] = len(examples)
@@ -163,11 +163,12 @@ def load_task_data(cfg) -> TaskData:
                     source_sizes=[len(sample) for sample in source_samples])
 
 
-def _entity_types(examples: list[dict]) -> set[str]:
+def entity_types(examples: list[dict]) -> set[str]:
+    """The NER entity types tagged in `examples`."""
     return {tag[2:] for ex in examples for tag in ex["tags"] if tag != "O"}
 
 
-def _fold(examples: list[dict], types: set[str]) -> tuple[list[dict], dict[str, int]]:
+def fold_types(examples: list[dict], types: set[str]) -> tuple[list[dict], dict[str, int]]:
     """Examples with tags of other entity types set to O, and the entities folded per type."""
     folded, out = Counter(), []
     for ex in examples:

@@ -157,6 +157,34 @@ def predict(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
     return predictions
 
 
+TRIMMED_VOCAB_SCORING = "scoring other data (score_on) needs the full vocabulary: turn trim_vocab off"
+
+
+def score_other(model: MetaXLModel, cfg: TrialConfig, labels: list[str], examples: list[dict],
+                device: torch.device) -> dict:
+    """Scores of a trained trial model on examples of another dataset (e.g. another target's
+    test split). NER is scored on the entity types the model and `examples` share (`types`):
+    other gold types and predicted types are folded into O, as trials fold theirs."""
+    base_encoder, tokenizer = _cached_encoder(cfg.encoder, cfg.seed)
+    if cfg.trim_vocab and not cfg.freeze_layers:
+        raise ConfigError(TRIMMED_VOCAB_SCORING)
+    collator = data_lib.make_collator(tokenizer, cfg.task)
+    shared = None
+    if cfg.task == "ner":
+        shared = {label[2:] for label in labels if label != "O"} & data_lib.entity_types(examples)
+        examples = data_lib.fold_types(examples, shared)[0]
+    encoded = {"other": data_lib.encode(examples, tokenizer, labels, cfg.task, cfg.max_seq_length)}
+    if cfg.freeze_layers:
+        _, encoded, collator = frozen_fidelity(base_encoder, cfg.encoder, cfg.freeze_layers,
+                                               encoded, collator)
+    predictions = predict(model, encoded["other"], collator, labels, cfg.task, device)
+    if cfg.task != "ner":
+        return sentiment_scores(encoded["other"].gold, predictions, labels)
+    predictions = [[tag if tag == "O" or tag[2:] in shared else "O" for tag in row]
+                   for row in predictions]
+    return {**ner_scores(encoded["other"].gold, predictions), "types": sorted(shared)}
+
+
 def evaluate(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
              device: torch.device) -> dict[str, float]:
     """Scores on one split. NER words cut off by truncation are predicted `O`, so the score is
@@ -199,7 +227,8 @@ def build_trial(cfg: TrialConfig, device: torch.device):
 
 
 def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | None = None,
-              progress: bool = False, model_dir: str | Path | None = None) -> dict:
+              progress: bool = False, model_dir: str | Path | None = None,
+              score_on: dict[str, list[dict]] | None = None) -> dict:
     """Train and evaluate one configuration; returns the results dict (also written to
     `output_dir/results.json` when set).
 
@@ -209,10 +238,14 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         resume_from: a checkpoint dict given to `report` earlier; training continues after it.
         progress: show a tqdm bar per epoch.
         model_dir: save the best dev model there, without its RTN (`metaxl_core.saved_model`).
+        score_on: {name: examples} of other datasets the best dev model also scores (`score_other`),
+            in results["scored_on"][name].
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     if cfg.output_dir and os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
         raise ConfigError(f"output_dir: {cfg.output_dir} exists and is not a folder")
+    if score_on and cfg.trim_vocab and not cfg.freeze_layers:
+        raise ConfigError(TRIMMED_VOCAB_SCORING)
     started, cpu_started = time.perf_counter(), time.process_time()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -370,6 +403,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
 
     if final_test is None:  # resumed after its last epoch
         final_test = test_best()
+    scored_on = {name: score_other(model, cfg, labels, examples, device)  # the best dev model
+                 for name, examples in (score_on or {}).items()}
     wall = time.perf_counter() - started
     results = {
         "config": cfg.to_dict(),
@@ -387,6 +422,7 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         "best_epoch": best["epoch"],
         "best_step": best["step"],
         "final": {**{k: v for k, v in best.items() if k.startswith("dev/")}, **final_test},
+        **({"scored_on": scored_on} if scored_on else {}),
         "wall_time_s": round(wall, 3),
         "cpu_time_s": round(time.process_time() - cpu_started, 3),
         "timing_s": {k.split("/")[1][:-2]: round(v, 3) for k, v in timing.items()},

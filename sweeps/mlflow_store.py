@@ -5,6 +5,7 @@ trial's results, log and register a trained model. Used by the Tune callback
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -43,14 +44,14 @@ def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowCli
     if scheme not in URI_SCHEMES:
         raise ConfigError(f"MLflow tracking URI {uri!r}: unknown scheme {scheme!r}; use one of "
                           f"{', '.join(URI_SCHEMES)}")
-    artifact_location = None
+    artifact_location = path = None
     if scheme == "sqlite" and uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]
         if not create and not os.path.isfile(path):
             raise ConfigError(f"MLflow tracking URI {uri!r}: no database file {path}")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         artifact_location = Path(path).resolve().parent.joinpath("artifacts").as_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri, path if create else None)
     previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail fast at start, retry later
     try:
@@ -76,6 +77,19 @@ def open_experiment(uri: str, name: str, create: bool = True) -> tuple[MlflowCli
             os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
         else:
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
+
+
+def _client(uri: str, db_path: str | None) -> MlflowClient:
+    """MlflowClient(uri). On a sqlite store, under a lock file beside the database: processes
+    started together on a new store would race to create its tables (and all but one fail)."""
+    if db_path is None:
+        return MlflowClient(tracking_uri=uri)
+    with open(f"{db_path}.lock", "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return MlflowClient(tracking_uri=uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def find_run(client: MlflowClient, experiment_id: str, **tags) -> str | None:

@@ -4,8 +4,8 @@ rankers on a measured transfer matrix.
 
     python sweeps/rank_sources.py --target ner:masakhaner2:yor \\
         --candidates ner:conll2003:en ner:masakhaner2:ibo ner:masakhaner2:hau \\
-        --data-root ../shared/data --encoder tiny-bert [--matrix results/transfer_matrix.json]
-    python sweeps/rank_sources.py --evaluate --matrix results/transfer_matrix.json --data-root ../shared/data
+        --data-root ../shared/data --encoder tiny-bert [--matrix results/transfer-matrix/transfer_matrix.json]
+    python sweeps/rank_sources.py --evaluate --matrix results/transfer-matrix/transfer_matrix.json --data-root ../shared/data
 
 The transfer matrix is a JSON object {source: {target: f1}} of dataset names, F1 in [0, 1]: the
 target's test F1 of a model trained on the source alone (zero-shot); absent pairs are not
@@ -38,7 +38,7 @@ from metaxl_core.names import DataSpec, language_of
 from metaxl_core.readers import resolve_data_root
 from sweeps.source_features import URIEL_FEATURES, pair_features
 
-DEFAULT_MATRIX = Path(__file__).resolve().parents[1] / "results" / "transfer_matrix.json"
+DEFAULT_MATRIX = Path(__file__).resolve().parents[1] / "results" / "transfer-matrix" / "transfer_matrix.json"
 # Ranker inputs: the URIEL distances, the data features, the source size on a log scale.
 RANKER_FEATURES = (*URIEL_FEATURES, "word_overlap", "subword_overlap", "entity_overlap",
                    "log_source_size")
@@ -71,7 +71,7 @@ def load_matrix(path: str | Path) -> dict[str, dict[str, float]]:
 
 
 def open_matrix(path: str | Path | None) -> dict | None:
-    """The matrix at `path` (ConfigError when absent), else results/transfer_matrix.json when it
+    """The matrix at `path` (ConfigError when absent), else results/transfer-matrix/transfer_matrix.json when it
     exists, else None."""
     if path is None and DEFAULT_MATRIX.exists():
         path = DEFAULT_MATRIX
@@ -274,7 +274,7 @@ def format_ranking(rows: list[dict], drivers: int = 3) -> list[str]:
 
 def sweep_ranking(sweep) -> dict[str, dict]:
     """Per target of a sweep with `sources: {rank: auto, ...}`: {"rows", "warnings"} ranking its
-    candidates (the matrix file named there, else results/transfer_matrix.json when it exists),
+    candidates (the matrix file named there, else results/transfer-matrix/transfer_matrix.json when it exists),
     with data features from the trials' data root and the subword overlap under the trials'
     tokenizer."""
     from metaxl_core.encoders import load_encoder
@@ -301,19 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="dataset name of the target, e.g. ner:masakhaner2:yor")
     p.add_argument("--candidates", nargs="+", help="dataset names of the candidate sources")
     p.add_argument("--matrix", help=f"transfer matrix JSON (default: {DEFAULT_MATRIX} when it exists)")
+    p.add_argument("--no-matrix", action="store_true", help="ignore the default matrix: rank by "
+                   "the weighted URIEL distance baseline")
     p.add_argument("--data-root", help="data root for the data features (default: "
                    "$METAXL_DATA_ROOT, else the bundled sample)")
     p.add_argument("--encoder", help="encoder whose tokenizer gives the subword overlap "
                    "(default: no subword overlap)")
     p.add_argument("--evaluate", action="store_true",
                    help="leave-one-target-out evaluation of the rankers on the matrix")
+    p.add_argument("--json", help="with --evaluate: also write the evaluation (means and per "
+                   "target) to this JSON file")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        matrix = open_matrix(args.matrix)
+        if args.no_matrix and args.matrix:
+            raise ConfigError("--matrix and --no-matrix exclude each other")
+        matrix = None if args.no_matrix else open_matrix(args.matrix)
         if args.evaluate and matrix is None:
             raise ConfigError(f"--evaluate needs a transfer matrix: --matrix, or {DEFAULT_MATRIX}")
         if not args.evaluate:
@@ -337,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                 if name != "per_target":
                     print(f"{name:<20} {row['top1']:>6.2f} {row['ndcg@3']:>7.3f} "
                           f"{row['f1_lost']:>8.3f}  {row['targets']}")
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=1, sort_keys=True),
+                                           encoding="utf-8")
         else:
             candidates = [s for s in args.candidates if s != args.target]
             rows, notes = rank_candidates(args.target, candidates, features, matrix)

@@ -17,7 +17,7 @@ A sweep file looks like:
 and keep the best `top_k` (default 3), searched from the best down:
 
     sources: {rank: auto, top_k: 3, candidates: [ner:conll2003:en, ner:masakhaner2:hau, ...],
-              matrix: results/transfer_matrix.json}    # matrix: optional, this is the default
+              matrix: results/transfer-matrix/transfer_matrix.json}    # matrix: optional, this is the default
 """
 
 from __future__ import annotations

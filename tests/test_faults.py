@@ -304,6 +304,20 @@ def test_experiment_creation_is_idempotent_under_a_race(tmp_path, monkeypatch):
     assert open_experiment(uri, "raced")[1] == experiment_id
 
 
+def test_processes_started_together_on_a_new_sqlite_store_all_open_it(tmp_path):
+    """Without the lock, all but one die creating the tables ("duplicate column", alembic)."""
+    start = time.time() + 8  # every process imports MLflow first, then they open at once
+    script = ("import sys, time; from sweeps.mlflow_store import open_experiment\n"
+              "while time.time() < float(sys.argv[2]): pass\n"
+              "print(open_experiment(sys.argv[1], 'together')[1])")
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                               str(start)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-500:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1
+
+
 def test_bad_tracking_uris_fail_cleanly_and_create_nothing(tmp_path):
     from metaxl_core.errors import ConfigError
     from sweeps import export

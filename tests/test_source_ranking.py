@@ -216,7 +216,7 @@ def rank_command(*args):
 
 def test_the_command_ranks_and_names_bad_input(tmp_path):
     proc = rank_command("--target", "ner:masakhaner2:yor", "--candidates", "ner:conll2003:en",
-                        "ner:masakhaner2:ibo", "ner:masakhaner2:hau")
+                        "ner:masakhaner2:ibo", "ner:masakhaner2:hau", "--no-matrix")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "1 ner:masakhaner2:ibo" in lines[2] and "genetic" in lines[2]  # closest to yor
@@ -225,7 +225,9 @@ def test_the_command_ranks_and_names_bad_input(tmp_path):
             (["--candidates", "ner:masakhaner2:xyz"], "language 'xyz' has no URIEL code"),
             (["--candidates", "ner:conll2003:en", "--matrix", tmp_path / "none.json"],
              "none.json: transfer matrix not found"),
-            (["--candidates", "en"], "dataset name 'en'")]:
+            (["--candidates", "en"], "dataset name 'en'"),
+            (["--candidates", "ner:conll2003:en", "--matrix", tmp_path / "m.json", "--no-matrix"],
+             "--matrix and --no-matrix exclude each other")]:
         proc = rank_command("--target", "ner:masakhaner2:yor", *args)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
@@ -313,3 +315,55 @@ def test_dry_run_prints_the_ranking_and_searches_the_top_k(tmp_path):
         "3 ner:masakhaner2:hau")
     assert "warning: ner:masakhaner2:hau is not measured for every candidate" in out
     assert "ner:conll2003:en, ner:masakhaner2:ibo" in out  # yor's searches: the top 2
+
+
+def test_a_tiny_sweep_with_rank_auto_trains_the_top_k_sources_best_first(tmp_path):
+    """End to end on local Ray: the matrix ranks yor's candidates ibo > hau > en, so with top_k 2
+    the sweep's trials train on ibo, then hau, and never on English."""
+    from mlflow.tracking import MlflowClient
+
+    matrix = tmp_path / "matrix.json"
+    matrix.write_text(json.dumps({"ner:conll2003:en": {"ner:masakhaner2:yor": 0.2},
+                                  "ner:masakhaner2:ibo": {"ner:masakhaner2:yor": 0.6},
+                                  "ner:masakhaner2:hau": {"ner:masakhaner2:yor": 0.4}}),
+                      encoding="utf-8")
+    path = write(tmp_path, f"""
+name: ranked-sweep
+targets: [ner:masakhaner2:yor]
+sources: {{rank: auto, top_k: 2, matrix: {matrix},
+          candidates: [ner:conll2003:en, ner:masakhaner2:hau, ner:masakhaner2:ibo]}}
+methods: [joint]
+trials_per_search: 2
+seeds_per_config: 1
+max_concurrent: 1
+space: {{lr: [1.0e-4, 3.0e-3]}}
+trial: {{encoder: tiny-bert, epochs: 1, source_train_size: 20, target_train_size: 20,
+         target_dev_size: 20, max_seq_length: 32}}
+""")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "sweeps/pairs.py", "--config", path, "--output-dir",
+                           str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ranked-sweep")
+    runs = client.search_runs([experiment.experiment_id], "tags.role = 'trial'",
+                              order_by=["attributes.start_time ASC"])
+    assert [r.data.params["source"] for r in runs] == ["ner:masakhaner2:ibo", "ner:masakhaner2:hau"]
+
+
+def test_the_command_evaluates_the_rankers_on_a_matrix_and_writes_json(tmp_path):
+    matrix = tmp_path / "matrix.json"
+    matrix.write_text(json.dumps({
+        "ner:conll2003:en": {"ner:masakhaner2:yor": 0.3, "ner:masakhaner2:swa": 0.5},
+        "ner:masakhaner2:ibo": {"ner:masakhaner2:yor": 0.6, "ner:masakhaner2:swa": 0.4},
+        "ner:masakhaner2:hau": {"ner:masakhaner2:yor": 0.4, "ner:masakhaner2:swa": 0.45}}))
+    out = tmp_path / "eval.json"
+    proc = rank_command("--evaluate", "--matrix", matrix, "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["per_target"]) == {"ner:masakhaner2:yor", "ner:masakhaner2:swa"}
+    # English is the best source of swa only: always English hits one target of two
+    assert result["always English"]["top1"] == 0.5 and result["always English"]["targets"] == 2
+    assert result["per_target"]["ner:masakhaner2:yor"]["always English"]["f1_lost"] == \
+        pytest.approx(0.3)
+    assert "always English" in proc.stdout and "0.50" in proc.stdout
