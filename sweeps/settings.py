@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -284,6 +285,9 @@ class SweepConfig:
             values["sources"], values["source_rank"] = _ranked_sources(where, values["sources"])
         hints = typing.get_type_hints(cls)
         values = {key: coerce_field(where, key, value, hints[key]) for key, value in values.items()}
+        trial_root = (values.get("trial") or {}).get("data_root")
+        if not values.get("data_root") and not trial_root and os.environ.get("METAXL_DATA_ROOT"):
+            values["data_root"] = os.environ["METAXL_DATA_ROOT"]  # made absolute for Ray's workers
         values = _absolute_paths(values)
         try:
             return cls(**values)

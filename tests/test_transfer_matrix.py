@@ -95,6 +95,15 @@ def test_the_matrix_scores_every_source_on_every_other_target_and_resumes(tmp_pa
     assert load_matrix(tmp_path / "out" / "transfer_matrix.json") == matrix
 
 
+def test_the_shipped_preset_plans_a_model_per_source(tmp_path):
+    preset = load_preset(PROJECT_ROOT / "sweeps" / "grids" / "transfer-matrix.yaml", None, tmp_path,
+                         read_data=False)
+    assert len(preset["plan"]) == len(preset["sources"]) == 17 and len(preset["targets"]) == 16
+    assert all(cfg.method == "target_only" and cfg.target == source and cfg.source is None
+               for source, cfg in preset["plan"].items())
+    assert not any(tmp_path.iterdir())  # nothing read, nothing written
+
+
 @pytest.mark.parametrize("text,message", [
     ("name: x\nsources: [ner:conll2003:en]\ntargets: [ner:masakhaner2:hau]\nseeds: [1]\n",
      "unknown key(s) ['seeds']"),
