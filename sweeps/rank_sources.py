@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                                               tokenizer)
         if args.evaluate:
             result = leave_one_target_out(matrix, features)
+            if not result["per_target"]:
+                raise ConfigError("the transfer matrix has no target with two measured sources: "
+                                  "nothing to evaluate")
             print(f"{'ranker':<20} {'top-1':>6} {'NDCG@3':>7} {'F1 lost':>8}  targets")
             for name, row in result.items():
                 if name != "per_target":

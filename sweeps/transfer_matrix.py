@@ -104,10 +104,11 @@ def load_preset(path: str | Path, data_root: str | None, out: Path, read_data: b
 
 
 def matrix_key(preset: dict, source: str) -> str:
-    """The run key of a source model: its config and the targets' test subsets."""
+    """The run key of a source model: its config and the targets' test subsets, not where the
+    data lies (the same data under another path is the same run)."""
     positions = sorted((t, p) for t, (_, p) in preset["subsets"].items())
     digest = hashlib.sha1(json.dumps(positions).encode()).hexdigest()[:10]
-    cfg = preset["plan"][source]
+    cfg = preset["plan"][source].replace(data_root=None)
     return f"{run_key(cfg.task, source, source, 'zero_shot', cfg.seed, cfg)}|{digest}"
 
 
@@ -182,6 +183,7 @@ def collect(preset: dict, client, experiment_id: str, keys: dict) -> dict:
                 "f1": scores["f1"], "types": scores.get("types"),
                 "test_sentences": len(preset["subsets"][target][0])}
     return {"preset": {k: v for k, v in preset.items() if k not in ("plan", "subsets")},
+            "missing_sources": [s for s in preset["sources"] if s not in runs],
             "test_subsets": {t: p for t, (_, p) in preset["subsets"].items()}, "zero_shot": pairs, "in_language": diagonal,
             "runs": runs}
 
@@ -298,9 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0 if args.export_only else train_sources(preset, client, experiment_id, keys,
                                                         shard)
     details = collect(preset, client, experiment_id, keys)
+    if not details["runs"]:
+        print(f"error: no finished source model of this preset in {uri} (experiment "
+              f"{preset['name']!r}): nothing written. Train them first, or point --out / "
+              "--mlflow-uri at their store", file=sys.stderr)
+        return 1
     paths = write_outputs(details, Path(args.results) if args.results else out,
                           preset["sources"], preset["targets"])
-    missing = [s for s in preset["sources"] if s not in details["runs"]]
+    missing = details["missing_sources"]
     print(f"wrote {', '.join(map(str, paths))}: {len(details['runs'])}/{len(preset['sources'])} "
           f"sources{f' (missing: {missing})' if missing else ''}", flush=True)
     return 1 if failures else 0

@@ -367,3 +367,6 @@ def test_the_command_evaluates_the_rankers_on_a_matrix_and_writes_json(tmp_path)
     assert result["per_target"]["ner:masakhaner2:yor"]["always English"]["f1_lost"] == \
         pytest.approx(0.3)
     assert "always English" in proc.stdout and "0.50" in proc.stdout
+    matrix.write_text(json.dumps({"ner:conll2003:en": {"ner:masakhaner2:yor": 0.3}}))
+    proc = rank_command("--evaluate", "--matrix", matrix)
+    assert proc.returncode == 2 and "no target with two measured sources" in proc.stderr

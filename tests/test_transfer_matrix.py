@@ -67,6 +67,9 @@ def test_the_matrix_scores_every_source_on_every_other_target_and_resumes(tmp_pa
     plan = run_matrix(tmp_path, "--dry-run")
     assert plan.returncode == 0 and "3 source models, each scored on 3 targets (25 test" in plan.stdout
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    empty = run_matrix(tmp_path, "--export-only")  # nothing trained yet: nothing written
+    assert empty.returncode == 1 and "no finished source model" in empty.stderr, empty.stderr
+    assert not (tmp_path / "out" / "transfer_matrix.json").exists()
     proc = run_matrix(tmp_path, "--results", str(tmp_path / "results"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     matrix = load_matrix(tmp_path / "results" / "transfer_matrix.json")
@@ -93,6 +96,9 @@ def test_the_matrix_scores_every_source_on_every_other_target_and_resumes(tmp_pa
     again = run_matrix(tmp_path)
     assert again.returncode == 0 and "0 to train" in again.stdout, again.stdout + again.stderr
     assert load_matrix(tmp_path / "out" / "transfer_matrix.json") == matrix
+    # the same data named by another path is the same matrix
+    moved = run_matrix(tmp_path, "--export-only", "--data-root", str(SAMPLE_ROOT))
+    assert moved.returncode == 0 and "3/3 sources" in moved.stdout, moved.stdout + moved.stderr
 
 
 def test_the_shipped_preset_plans_a_model_per_source(tmp_path):
