@@ -1,5 +1,5 @@
 """The measured transfer matrix: one model per source language, trained on that language alone at
-the cached fidelity and scored zero-shot on the test split of every target; the ground truth
+the cached fidelity and scored zero-shot on a fixed test subset of every target; the ground truth
 the source ranker (sweeps/rank_sources.py) learns from and is evaluated on.
 
     OMP_NUM_THREADS=1 python sweeps/transfer_matrix.py --preset sweeps/grids/transfer-matrix.yaml \\
@@ -7,7 +7,7 @@ the source ranker (sweeps/rank_sources.py) learns from and is evaluated on.
     OMP_NUM_THREADS=1 python sweeps/transfer_matrix.py --preset sweeps/grids/transfer-matrix.yaml \\
         --threads 1 --shard 1/2
     python sweeps/transfer_matrix.py --preset sweeps/grids/transfer-matrix.yaml --export-only \\
-        --results results/transfer_matrix
+        --results results/transfer-matrix
 
 Preset YAML (see sweeps/grids/transfer-matrix.yaml):
 
@@ -184,8 +184,8 @@ def collect(preset: dict, client, experiment_id: str, keys: dict) -> dict:
                 "test_sentences": len(preset["subsets"][target][0])}
     return {"preset": {k: v for k, v in preset.items() if k not in ("plan", "subsets")},
             "missing_sources": [s for s in preset["sources"] if s not in runs],
-            "test_subsets": {t: p for t, (_, p) in preset["subsets"].items()}, "zero_shot": pairs, "in_language": diagonal,
-            "runs": runs}
+            "test_subsets": {t: p for t, (_, p) in preset["subsets"].items()},
+            "zero_shot": pairs, "in_language": diagonal, "runs": runs}
 
 
 def write_outputs(details: dict, folder: Path, sources: list[str], targets: list[str]) -> list[Path]:
