@@ -15,11 +15,11 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from metaxl_core.atomic import write_atomic
 from metaxl_core.errors import MetaXLError
 from metaxl_core.saved_model import SavedModel, load_model
 
@@ -132,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
         return 0
     output = Path(args.output)
-    fd, tmp = tempfile.mkstemp(dir=output.parent if str(output.parent) else ".",
-                               prefix=f".{output.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, output)
+    write_atomic(output, text)
     print(f"{len(lines)} lines -> {output}", file=sys.stderr)
     return 0
 

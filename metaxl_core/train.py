@@ -21,7 +21,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from metaxl_core import data as data_lib
+from metaxl_core.atomic import write_atomic
 from metaxl_core.config import RTN_METHODS, SPLIT_TARGET_METHODS, TrialConfig
 from metaxl_core.encoders import load_encoder, trim_vocabulary
 from metaxl_core.errors import ConfigError, MetaXLError
@@ -450,10 +450,7 @@ def write_results(output_dir: Path, results: dict) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, text in [("trial.yaml", yaml.safe_dump(results["config"], sort_keys=True)),
                        ("results.json", json.dumps(results, indent=2, sort_keys=True))]:
-        fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, output_dir / name)
+        write_atomic(output_dir / name, text)
 
 
 # ---------------------------------------------------------------------------- command line

@@ -36,6 +36,7 @@ from optuna.storages import JournalStorage  # noqa: E402
 from optuna.storages.journal import JournalFileBackend  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
+from metaxl_core.atomic import write_atomic  # noqa: E402
 from metaxl_core.errors import ConfigError  # noqa: E402
 from sweeps.methods import title_of  # noqa: E402
 
@@ -188,7 +189,7 @@ def analyse_sweep(output_dir: str | Path) -> dict[str, dict]:
             lines.append(f"- `{search['name']}`: {cpu:.0f} CPU s, {updates:.0f} updates "
                          f"({len(done)} trials)")
     lines += ["", "![quality against cost](cost.png)", ""]
-    (root / "analysis.md").write_text("\n".join(lines), encoding="utf-8")
+    write_atomic(root / "analysis.md", "\n".join(lines))
     return results
 
 

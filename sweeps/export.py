@@ -28,11 +28,11 @@ import dataclasses
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from metaxl_core.atomic import write_atomic
 from metaxl_core.config import TrialConfig
 from metaxl_core.errors import MetaXLError
 from metaxl_core.names import language_of
@@ -85,10 +85,7 @@ def _record(run) -> dict:
 
 
 def _write(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(data, handle, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def train_final(uri: str, experiment: str, record: dict, out: Path, seeds: int = 1) -> dict:

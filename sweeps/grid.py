@@ -61,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from metaxl_core.atomic import write_atomic  # noqa: E402
 from metaxl_core.config import TrialConfig, load_yaml_mapping, source_label  # noqa: E402
 from metaxl_core.errors import ConfigError, MetaXLError  # noqa: E402
 from sweeps.methods import LAYER_VARIANTS, VARIANTS, fields_of  # noqa: E402
@@ -165,7 +166,7 @@ def test_index_file(task: str, target: str, cap: int, data_root, out: Path | Non
     path = folder / f"{target.replace(':', '_')}_test{cap}.json"
     text = json.dumps({"test": positions})
     if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, text)
     return path.resolve()
 
 
@@ -192,9 +193,21 @@ def run_tags(run: dict, preset_name: str) -> dict:
             "test_subset": Path(cfg.split_index_file).name if cfg.split_index_file else "full"}
 
 
-def _fmt(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """H:MM:SS, for progress lines."""
     seconds = int(max(0, seconds))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def shard_arg(text: str) -> tuple[int, int]:
+    """The argparse type of --shard I/N: (I, N) with 0 <= I < N."""
+    try:
+        index, shards = (int(x) for x in text.split("/"))
+    except ValueError:
+        index, shards = -1, 0
+    if not 0 <= index < shards:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, e.g. 0/2")
+    return index, shards
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", help="run only keys containing this text, "
                    "shell wildcards allowed (e.g. 'ner:masakhaner2:lug|*|joint|'); repeat to "
                    "run keys that match any")
-    p.add_argument("--shard", default="0/1", help="I/N: run only runs i with i %% N == I (start N "
-                   "processes on one store to use N cores; each skips what the others logged)")
+    p.add_argument("--shard", type=shard_arg, default=(0, 1),
+                   help="I/N: run only runs i with i %% N == I (start N processes on one store to "
+                   "use N cores; each skips what the others logged)")
     p.add_argument("--threads", type=int, help="torch threads per process (1 is the most robust "
                    "on a shared CPU)")
     p.add_argument("--export-only", action="store_true", help="only write results.json")
@@ -224,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         runs = [r for r in runs if any(fnmatch.fnmatchcase(r["key"], f"*{pattern}*")
                                        for pattern in args.only)]
-    shard, shards = (int(x) for x in args.shard.split("/"))
+    shard, shards = args.shard
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -274,13 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         final = results["final"]
         print(f"[{i}/{len(todo)}] {label}: dev f1 {final['dev/f1']:.4f} test f1 "
               f"{final['test/f1']:.4f} (best epoch {results['best_epoch']}, {time.time() - t0:.0f} s)"
-              f"  elapsed {_fmt(elapsed)}  ETA {_fmt(eta)}", flush=True)
+              f"  elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}", flush=True)
 
     summary = export_results(client, experiment_id, preset, runs, uri)
     path = out / "results.json"
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    write_atomic(path, json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {path}: {len(summary['runs'])} runs ({failures} failed this time) in "
-          f"{_fmt(time.time() - started)}", flush=True)
+          f"{format_duration(time.time() - started)}", flush=True)
     return 1 if failures else 0
 
 

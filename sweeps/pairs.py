@@ -38,6 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from metaxl_core import data as data_lib
+from metaxl_core.atomic import write_atomic
 from metaxl_core.encoders import encoder_depth
 from metaxl_core.errors import ConfigError, MetaXLError
 from metaxl_core.names import language_of
@@ -356,9 +357,7 @@ def attempt_id(output_dir: Path, name: str) -> str:
         return path.read_text(encoding="utf-8").strip()
     sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(sweep_id, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, sweep_id)
     return sweep_id
 
 
@@ -586,9 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                "searches": [{"name": o["name"], "target": o["search"]["target"],
                              "method": o["search"]["method"], "trials": o["trials"]}
                             for o in outcomes]}
-    tmp = summary_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, summary_path)
+    write_atomic(summary_path, json.dumps(summary, indent=2, default=str))
     log_analysis(output_dir, summary, client, parents)
     trials = [t for o in outcomes for t in o["trials"]]
     stopped = sum(1 for t in trials if not t["error"] and t.get("epochs_run", epochs) < epochs)

@@ -4,8 +4,10 @@ rankers on a measured transfer matrix.
 
     python sweeps/rank_sources.py --target ner:masakhaner2:yor \\
         --candidates ner:conll2003:en ner:masakhaner2:ibo ner:masakhaner2:hau \\
-        --data-root ../shared/data --encoder tiny-bert [--matrix results/transfer-matrix/transfer_matrix.json]
-    python sweeps/rank_sources.py --evaluate --matrix results/transfer-matrix/transfer_matrix.json --data-root ../shared/data
+        --data-root ../shared/data --encoder tiny-bert \\
+        [--matrix results/transfer-matrix/transfer_matrix.json]
+    python sweeps/rank_sources.py --evaluate --data-root ../shared/data \\
+        [--matrix results/transfer-matrix/transfer_matrix.json]
 
 The transfer matrix is a JSON object {source: {target: f1}} of dataset names, F1 in [0, 1]: the
 target's test F1 of a model trained on the source alone (zero-shot); absent pairs are not
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metaxl_core.atomic import write_atomic
 from metaxl_core.errors import ConfigError, DataError, MetaXLError
 from metaxl_core.names import DataSpec, language_of
 from metaxl_core.readers import resolve_data_root
@@ -71,8 +74,8 @@ def load_matrix(path: str | Path) -> dict[str, dict[str, float]]:
 
 
 def open_matrix(path: str | Path | None) -> dict | None:
-    """The matrix at `path` (ConfigError when absent), else results/transfer-matrix/transfer_matrix.json when it
-    exists, else None."""
+    """The matrix at `path` (ConfigError when absent), else DEFAULT_MATRIX
+    (results/transfer-matrix/transfer_matrix.json) when it exists, else None."""
     if path is None and DEFAULT_MATRIX.exists():
         path = DEFAULT_MATRIX
     return load_matrix(path) if path else None
@@ -274,9 +277,8 @@ def format_ranking(rows: list[dict], drivers: int = 3) -> list[str]:
 
 def sweep_ranking(sweep) -> dict[str, dict]:
     """Per target of a sweep with `sources: {rank: auto, ...}`: {"rows", "warnings"} ranking its
-    candidates (the matrix file named there, else results/transfer-matrix/transfer_matrix.json when it exists),
-    with data features from the trials' data root and the subword overlap under the trials'
-    tokenizer."""
+    candidates (the matrix file named there, else DEFAULT_MATRIX when it exists), with data
+    features from the trials' data root and the subword overlap under the trials' tokenizer."""
     from metaxl_core.encoders import load_encoder
 
     trial = sweep.base_trial(sweep.targets[0], sweep.methods[0])
@@ -347,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name:<20} {row['top1']:>6.2f} {row['ndcg@3']:>7.3f} "
                           f"{row['f1_lost']:>8.3f}  {row['targets']}")
             if args.json:
-                Path(args.json).write_text(json.dumps(result, indent=1, sort_keys=True),
-                                           encoding="utf-8")
+                write_atomic(args.json, json.dumps(result, indent=1, sort_keys=True))
         else:
             candidates = [s for s in args.candidates if s != args.target]
             rows, notes = rank_candidates(args.target, candidates, features, matrix)

@@ -44,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from metaxl_core.atomic import write_atomic  # noqa: E402
 from metaxl_core.config import source_label  # noqa: E402
 from metaxl_core.selection import best_trial, mean_std, paired_difference  # noqa: E402
 from sweeps.methods import GAIN_VARIANTS, ordered, title_of, variant_of  # noqa: E402
@@ -482,9 +483,8 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
         report.setdefault("sensitivity", {})[task] = [
             {"target": t, "source": s, "method": m, "dev": grid}
             for (t, s, m), grid in groups.items()]
-    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True),
-                                     encoding="utf-8")
+    write_atomic(out / "report.md", "\n".join(md))
+    write_atomic(out / "report.json", json.dumps(report, indent=2, sort_keys=True))
     return report
 
 

@@ -46,11 +46,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from metaxl_core.atomic import write_atomic  # noqa: E402
 from metaxl_core.config import TrialConfig, load_yaml_mapping  # noqa: E402
 from metaxl_core.errors import ConfigError, MetaXLError  # noqa: E402
 from metaxl_core.names import DataSpec, language_of  # noqa: E402
 from metaxl_core.readers import read_split, resolve_data_root  # noqa: E402
-from sweeps.grid import _fmt, run_key, test_index_file  # noqa: E402
+from sweeps.grid import format_duration, run_key, shard_arg, test_index_file  # noqa: E402
 
 PRESET_KEYS = {"name", "output_dir", "seed", "test_cap", "trial", "sources", "targets"}
 ROLE = "matrix"
@@ -160,7 +161,7 @@ def train_sources(preset: dict, client, experiment_id: str, keys: dict, shard: t
         elapsed = time.time() - started
         print(f"[{i}/{len(todo)}] {source}: in-language test f1 {results['final']['test/f1']:.4f}, "
               f"best zero-shot {best[0]} {best[1]['f1']:.4f} ({time.time() - t0:.0f} s)  elapsed "
-              f"{_fmt(elapsed)}  ETA {_fmt(elapsed / i * (len(todo) - i))}", flush=True)
+              f"{format_duration(elapsed)}  ETA {format_duration(elapsed / i * (len(todo) - i))}", flush=True)
     return failures
 
 
@@ -194,17 +195,10 @@ def write_outputs(details: dict, folder: Path, sources: list[str], targets: list
     matrix = {s: {t: round(cell["f1"], 6) for t, cell in row.items()}
               for s, row in details["zero_shot"].items()}
     paths = [folder / "transfer_matrix.json", folder / "details.json", folder / "heatmap.png"]
-    atomic_write(paths[0], json.dumps(matrix, indent=1, sort_keys=True).encode())
-    atomic_write(paths[1], json.dumps(details, indent=1, sort_keys=True).encode())
-    atomic_write(paths[2], heatmap(details, sources, targets))
+    write_atomic(paths[0], json.dumps(matrix, indent=1, sort_keys=True))
+    write_atomic(paths[1], json.dumps(details, indent=1, sort_keys=True))
+    write_atomic(paths[2], heatmap(details, sources, targets))
     return paths
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file: complete or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def heatmap(details: dict, sources: list[str], targets: list[str]) -> bytes:
@@ -256,20 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="run folder (default: the preset's output_dir)")
     p.add_argument("--mlflow-uri", help="tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--data-root", help="overrides the preset's data_root")
-    p.add_argument("--shard", default="0/1", help="I/N: train only sources i with i %% N == I "
-                   "(start N processes on one store to use N cores)")
+    p.add_argument("--shard", type=shard_arg, default=(0, 1),
+                   help="I/N: train only sources i with i %% N == I (start N processes on one "
+                   "store to use N cores)")
     p.add_argument("--threads", type=int, help="torch threads per process")
     p.add_argument("--results", help="write the matrix, details and heatmap here (default: <out>)")
     p.add_argument("--export-only", action="store_true", help="only write the outputs")
     p.add_argument("--dry-run", action="store_true", help="list the source models and exit")
     args = p.parse_args(argv)
-    try:
-        shard = tuple(int(x) for x in args.shard.split("/"))
-        if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
-            raise ValueError
-    except ValueError:
-        print(f"error: --shard {args.shard!r}: expected I/N with 0 <= I < N", file=sys.stderr)
-        return 2
     try:
         out = Path(args.out or load_yaml_mapping(args.preset).get("output_dir")
                    or "runs/transfer-matrix")
@@ -298,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     failures = 0 if args.export_only else train_sources(preset, client, experiment_id, keys,
-                                                        shard)
+                                                        args.shard)
     details = collect(preset, client, experiment_id, keys)
     if not details["runs"]:
         print(f"error: no finished source model of this preset in {uri} (experiment "

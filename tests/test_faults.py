@@ -327,3 +327,21 @@ def test_bad_tracking_uris_fail_cleanly_and_create_nothing(tmp_path):
     assert export.main(["--mlflow-uri", f"sqlite:///{missing}", "--out",
                         str(tmp_path / "exports")]) == 2
     assert not (tmp_path / "nope").exists() and not (tmp_path / "exports").exists()
+
+
+def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    """A crash between writing and renaming leaves the previous complete file and no temp file;
+    a finished write is readable by others (not mkstemp's 0600)."""
+    from metaxl_core import atomic
+
+    path = tmp_path / "results.json"
+    atomic.write_atomic(path, '{"f1": 0.5}')
+    assert path.read_text() == '{"f1": 0.5}' and path.stat().st_mode & 0o777 == 0o644
+
+    def crash(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(atomic.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.write_atomic(path, '{"f1": 0.9, "half": ')
+    assert path.read_text() == '{"f1": 0.5}'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

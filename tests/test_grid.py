@@ -1,5 +1,5 @@
-"""sweeps/grid.py planning: the per-method `method_trial` override. Offline, no data read
-(no test_cap), so nothing to skip."""
+"""sweeps/grid.py planning: the per-method `method_trial` override and the --shard flag. Offline,
+no data read (no test_cap), so nothing to skip."""
 
 import pytest
 
@@ -29,3 +29,19 @@ def test_method_trial_overrides_one_method_and_leaves_other_keys_unchanged():
 def test_method_trial_rejects_unknown_method():
     with pytest.raises(ConfigError, match="method_trial"):
         grid.plan_runs(_preset(method_trial={"jointt": {"epochs": 9}}))
+
+
+@pytest.mark.parametrize("module", ["grid", "transfer_matrix"])
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2", "0/0", "1/2/3"])
+def test_a_bad_shard_is_a_usage_error_that_names_the_flag(module, text, capsys):
+    import importlib
+    main = importlib.import_module(f"sweeps.{module}").main
+    with pytest.raises(SystemExit) as stop:
+        main(["--preset", "unused.yaml", "--shard", text])
+    assert stop.value.code == 2
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_shards_are_index_and_count():
+    from sweeps.grid import shard_arg
+    assert shard_arg("0/1") == (0, 1) and shard_arg("1/3") == (1, 3)

@@ -143,11 +143,20 @@ def test_export_picks_the_best_dev_run_and_a_rerun_reproduces_it(finished_sweep,
     assert rerun["final"]["dev/f1"] == pytest.approx(exported["metrics"]["dev_f1"], abs=1e-3)
 
 
-def test_train_final_registers_a_model_per_target_that_reloads_with_its_test_f1(finished_sweep,
-                                                                                tmp_path):
+def test_train_final_registers_a_model_per_target_that_reloads_with_its_test_f1(
+        finished_sweep, tmp_path, monkeypatch):
+    from metaxl_core import train
     sweep_dir, _ = finished_sweep
     uri = f"sqlite:///{sweep_dir / 'out' / 'mlflow.db'}"
     before = os.environ.get("MLFLOW_TRACKING_URI")
+    trained = []  # (target, seed, dev F1) of every seed train_final trains
+    real_run_trial = train.run_trial
+
+    def recording_run_trial(cfg, **kwargs):
+        results = real_run_trial(cfg, **kwargs)
+        trained.append((cfg.target, cfg.seed, results["final"]["dev/f1"]))
+        return results
+    monkeypatch.setattr(train, "run_trial", recording_run_trial)
     export(uri, "test-sweep", tmp_path / "exports", train=True, seeds=2)
     assert os.environ.get("MLFLOW_TRACKING_URI") == before  # later sweeps must not log here
     index = yaml.safe_load((tmp_path / "exports" / "index.yaml").read_text())["exports"]
@@ -161,6 +170,10 @@ def test_train_final_registers_a_model_per_target_that_reloads_with_its_test_f1(
         final = client.search_runs([client.get_experiment_by_name("test-sweep").experiment_id],
                                    f"tags.role = 'final' and tags.target_lang = '{lang}'")
         assert len(final) == 1 and final[0].data.metrics["best/test_f1"] == entry["final_test_f1"]
+        # the kept seed has the best dev F1 of the two (the lower seed on a tie)
+        seeds = sorted((-dev, seed) for target, seed, dev in trained if target == entry["target"])
+        assert len(seeds) == 2 and entry["seed"] == seeds[0][1], (seeds, entry)
+        assert entry["final_dev_f1"] == -seeds[0][0]
     assert sorted(p.name for p in (tmp_path / "exports" / "models").iterdir()) == ["ibo", "yor"]
 
     # the registered model (pyfunc) and the local folder predict the same, through the command
