@@ -1,8 +1,10 @@
-"""sweeps/report.py on a hand-made MLflow store: table cells, bold best, gains, plots."""
+"""sweeps/report.py on a hand-made MLflow store: table cells, bold best, gains, plots; and the
+README's results tables against the committed report."""
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -198,3 +200,54 @@ def test_paired_difference_pairs_by_seed_with_an_exact_sign_flip_test():
     assert paired_difference(shuffled, joint)["ci95"][0] < 0 < paired_difference(
         shuffled, joint)["ci95"][1], "pairing by seed matters"
     assert paired_difference({"1": 1.0}, {"1": 0.0}) is None
+
+
+README_COLUMNS = {"target only": "target_only", "source only": "source_only", "JT": "joint",
+                  "JT on T1": "joint_t1", "MetaXL (official RTN)": "metaxl",
+                  "MetaXL (identity RTN)": "metaxl_identity", "frozen RTN": "frozen_rtn"}
+
+
+def test_the_readme_results_tables_state_the_committed_report():
+    """Every 'mean ± std (n)' cell and every paired MetaXL - JT cell of the README's results
+    tables is the committed results/fidelity/report.json, rounded: the README cannot go stale
+    when the report is rebuilt."""
+    from tests.conftest import PROJECT_ROOT
+
+    report = json.loads((PROJECT_ROOT / "results" / "fidelity" / "report.json").read_text())
+    rows = {}
+    for task in report["tasks"].values():
+        for row in task["rows"]:
+            pair = (row["target"].rsplit(":", 1)[1], row["source"].rsplit(":", 1)[1])
+            assert pair not in rows, pair
+            rows[pair] = row
+    number = r"([−-]?\d+\.\d)"
+
+    def value(text):
+        return float(text.replace("−", "-"))
+    checked = 0
+    header = None
+    for line in (PROJECT_ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if not cells or set(cells[0]) <= {"-"}:
+            continue
+        if "←" not in cells[0]:
+            header = cells
+            continue
+        target, source = (s.strip() for s in cells[0].split("←"))
+        row = rows[(target, source)]
+        for name, cell in zip(header[1:], cells[1:], strict=True):
+            stated = re.fullmatch(rf"\**{number} ± {number}\** \((\d+)\)", cell)
+            paired = re.fullmatch(rf"{number} \[{number}, \+?{number}\]", cell)
+            if name in README_COLUMNS and stated:
+                got = row["cells"][README_COLUMNS[name]]
+                assert (value(stated[1]), value(stated[2]), int(stated[3])) == (
+                    round(got["mean"], 1), round(got["std"], 1), got["n"]), (line, name)
+                checked += 1
+            elif name.startswith("MetaXL − JT") and paired:
+                got = row["paired"]["metaxl"]
+                assert [value(paired[i]) for i in (1, 2, 3)] == [
+                    round(got["mean"], 1), round(got["ci95"][0], 1), round(got["ci95"][1], 1)], line
+                checked += 1
+            else:
+                assert cell in ("–", ""), f"README results cell not understood: {cell!r} in {line}"
+    assert checked >= 10, "the README's results tables were not found"
