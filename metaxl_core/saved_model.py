@@ -59,11 +59,13 @@ def full_encoder(model: MetaXLModel, base_encoder) -> torch.nn.Module:
         rows[torch.tensor(kept)] = trained[name]
         trained[name] = rows
     missing, unexpected = full.load_state_dict(trained, strict=False)
-    frozen = [k for k in missing if not k.startswith(prefix) or
-              int(k[len(prefix):].split(".")[0]) < model.frozen_layers] if model.frozen_layers else []
-    if unexpected or len(frozen) != len(missing) or (missing and not model.frozen_layers):
-        raise RuntimeError(f"cannot rebuild the full encoder: missing {sorted(set(missing) - set(frozen))}"
-                           f", unexpected {unexpected}")
+
+    def was_frozen(key: str) -> bool:  # the embeddings and layers 1..K keep the base weights
+        return bool(model.frozen_layers) and (
+            not key.startswith(prefix) or int(key[len(prefix):].split(".")[0]) < model.frozen_layers)
+    lost = sorted(k for k in missing if not was_frozen(k))
+    if lost or unexpected:
+        raise RuntimeError(f"cannot rebuild the full encoder: missing {lost}, unexpected {unexpected}")
     return full
 
 

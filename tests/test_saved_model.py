@@ -47,6 +47,27 @@ def test_saved_model_gives_the_logits_of_the_model_in_training(synth_root, tmp_p
     assert loaded.predict([ex["tokens"] for ex in task_data.target_test[:8]]) == in_training
 
 
+@pytest.mark.parametrize("variant", ["whole", "cached"])
+def test_rebuilding_the_full_encoder_refuses_a_lost_trained_weight(synth_root, variant):
+    """Only the frozen part may come from the base encoder: a trained weight the model does not
+    hand back (or one the encoder does not know) is an error, never the base's weight."""
+    from metaxl_core.saved_model import full_encoder
+
+    cfg = config(synth_root, method="metaxl", rtn_width=8, **VARIANTS[variant])
+    model, *_ = train.build_trial(cfg, torch.device("cpu"))
+    base = train._cached_encoder(cfg.encoder, cfg.seed)[0]
+    full_encoder(model, base)  # complete: no error
+    state = model.encoder.state_dict
+    trained = [k for k in state() if ".layer." in k and k.endswith("output.dense.weight")]
+    lost = trained[-1]
+    model.encoder.state_dict = lambda: {k: v for k, v in state().items() if k != lost}
+    with pytest.raises(RuntimeError, match="missing .*output.dense.weight"):
+        full_encoder(model, base)
+    model.encoder.state_dict = lambda: {**state(), "unknown.weight": torch.zeros(1)}
+    with pytest.raises(RuntimeError, match="unexpected .*unknown.weight"):
+        full_encoder(model, base)
+
+
 def test_a_trained_and_saved_model_reproduces_its_test_f1(synth_root, tmp_path):
     results = train.run_trial(config(synth_root, method="metaxl", freeze_layers=1, epochs=10),
                               model_dir=tmp_path / "model")
