@@ -170,12 +170,16 @@ def test_index_file(task: str, target: str, cap: int, data_root, out: Path | Non
     return path.resolve()
 
 
-def run_key(task, target, source, method, seed, cfg: TrialConfig) -> str:
-    # only fields that differ from TrialConfig's defaults: a field added to TrialConfig later
-    # (with a default) leaves the keys of logged runs valid
+def changed_fields(cfg: TrialConfig) -> dict:
+    """The fields of `cfg` that differ from TrialConfig's defaults (not where it runs or writes):
+    a field added to TrialConfig later (with a default) leaves them, and run keys, as they were."""
     defaults = TrialConfig().to_dict()
-    fields = {k: v for k, v in cfg.to_dict().items()
-              if k not in ("output_dir", "device", "split_index_file") and v != defaults.get(k)}
+    return {k: v for k, v in cfg.to_dict().items()
+            if k not in ("output_dir", "device", "split_index_file") and v != defaults.get(k)}
+
+
+def run_key(task, target, source, method, seed, cfg: TrialConfig) -> str:
+    fields = changed_fields(cfg)
     if cfg.split_index_file:  # the subset, not where the file lives
         fields["split_index"] = hashlib.sha1(Path(cfg.split_index_file).read_bytes()).hexdigest()
     digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
@@ -308,10 +312,12 @@ def _history(client, run_id: str) -> list[dict]:
 
 
 def export_results(client, experiment_id: str, preset: dict, runs: list[dict], uri: str) -> dict:
-    """Every finished run of the preset with its final metrics, plus mean +- std over seeds."""
+    """Every finished run of the preset with its final metrics and its `trial` (the fields that
+    differ from TrialConfig's defaults, but the seed), plus mean +- std over the seeds of each
+    configuration: runs of two entries of one (target, source, method) are kept apart."""
     from metaxl_core.selection import mean_std
 
-    wanted = {r["key"] for r in runs}
+    wanted = {r["key"]: r for r in runs}
     records = []
     for r in client.search_runs([experiment_id], "tags.role = 'bench' and attributes.status = "
                                 "'FINISHED'", max_results=50000):
@@ -319,9 +325,12 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
         if tags.get("run_key") not in wanted:
             continue
         metrics = r.data.metrics
+        trial = changed_fields(wanted[tags["run_key"]]["config"])
+        trial.pop("seed", None)
         records.append({
             "task": tags["task"], "target": tags["target"], "source": tags["source"],
             "method": tags["method"], "seed": int(tags["seed"]), "run_id": r.info.run_id,
+            "trial": trial,
             "grid": tags.get("grid", ""), "test_subset": tags.get("test_subset", "full"),
             "best_epoch": int(metrics.get("best/epoch", 0)),
             "final": {k[len("final/"):]: v for k, v in sorted(metrics.items())
@@ -329,15 +338,15 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
             "wall_time_s": metrics.get("wall_time_s"),
             "history": _history(client, r.info.run_id)})
     records.sort(key=lambda x: (x["task"], x["target"], x["source"], x["method"], x["grid"],
-                                x["seed"]))
+                                json.dumps(x["trial"], sort_keys=True), x["seed"]))
     groups: dict[tuple, list] = {}
     for rec in records:
-        groups.setdefault((rec["task"], rec["target"], rec["source"], rec["method"], rec["grid"]),
-                          []).append(rec)
+        groups.setdefault((rec["task"], rec["target"], rec["source"], rec["method"], rec["grid"],
+                           json.dumps(rec["trial"], sort_keys=True)), []).append(rec)
     aggregate = []
-    for (task, target, source, method, grid), recs in sorted(groups.items()):
+    for (task, target, source, method, grid, _), recs in groups.items():
         row = {"task": task, "target": target, "source": source, "method": method,
-               "grid": grid, "n_seeds": len(recs)}
+               "grid": grid, "trial": recs[0]["trial"], "n_seeds": len(recs)}
         for key in ("dev/f1", "test/f1", "test/accuracy"):
             values = [x["final"][key] for x in recs if key in x["final"]]
             if values:

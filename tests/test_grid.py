@@ -45,3 +45,34 @@ def test_a_bad_shard_is_a_usage_error_that_names_the_flag(module, text, capsys):
 def test_shards_are_index_and_count():
     from sweeps.grid import shard_arg
     assert shard_arg("0/1") == (0, 1) and shard_arg("1/3") == (1, 3)
+
+
+def test_the_export_keeps_runs_of_different_configurations_apart(tmp_path):
+    """Two entries of one (target, source, method) that differ in a trial field are two rows of
+    the aggregate, each over its own seeds, and every run names its configuration."""
+    from mlflow.tracking import MlflowClient
+
+    preset = {"name": "t", "seeds": [1, 2], "methods": ["joint"],
+              "trial": {"encoder": "tiny-bert", "epochs": 3},
+              "tasks": {"ner": {"targets": {"ner:masakhaner2:yor": [
+                  {"source": "ner:conll2003:en", "trial": {"epochs": 6}},
+                  {"source": "ner:conll2003:en", "trial": {"freeze_layers": 1}}]}}}}
+    runs = grid.plan_runs(preset)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("t")
+    test_f1 = {}
+    for i, run in enumerate(runs):
+        logged = client.create_run(experiment_id, tags=grid.run_tags(run, "t"))
+        test_f1[run["key"]] = 0.1 * (i + 1)
+        client.log_metric(logged.info.run_id, "final/test/f1", test_f1[run["key"]])
+        client.set_terminated(logged.info.run_id)
+    summary = grid.export_results(client, experiment_id, preset, runs, uri)
+    rows = {(r["trial"]["epochs"], r["trial"].get("freeze_layers", 0)): r for r in summary["aggregate"]}
+    assert sorted(rows) == [(3, 1), (6, 0)] and all(r["n_seeds"] == 2 for r in rows.values())
+    for (epochs, freeze), row in rows.items():
+        mine = [test_f1[r["key"]] for r in runs
+                if (r["config"].epochs, r["config"].freeze_layers) == (epochs, freeze)]
+        assert row["test/f1"]["mean"] == pytest.approx(sum(mine) / 2)
+    assert all("seed" not in r["trial"] for r in summary["runs"])  # one trial per entry
+    assert len({tuple(sorted(r["trial"].items())) for r in summary["runs"]}) == 2
