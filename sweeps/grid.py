@@ -49,9 +49,11 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -186,9 +188,26 @@ def run_key(task, target, source, method, seed, cfg: TrialConfig) -> str:
     return f"{task}|{target}|{source}|{method}|{seed}|{digest}"
 
 
+@functools.cache
+def code_version() -> dict:
+    """Tags naming the code a run used: the git commit of this checkout, and code_dirty when
+    metaxl_core/ or sweeps/ differ from it; none outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=30, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "metaxl_core", "sweeps"],
+                                 cwd=root, capture_output=True, text=True, timeout=30,
+                                 check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "code_dirty": str(bool(changed)).lower()}
+
+
 def run_tags(run: dict, preset_name: str) -> dict:
     cfg = run["config"]
-    return {"role": "bench", "preset": preset_name, "run_key": run["key"], "task": run["task"],
+    return {**code_version(), "role": "bench", "preset": preset_name, "run_key": run["key"],
+            "task": run["task"],
             "target": run["target"], "target_lang": lang(run["target"]),
             "source": run["source"] or "none", "source_lang": lang(run["source"]),
             "method": run["method"], "base_method": cfg.method,

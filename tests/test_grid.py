@@ -1,6 +1,9 @@
 """sweeps/grid.py planning: the per-method `method_trial` override and the --shard flag. Offline,
 no data read (no test_cap), so nothing to skip."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from metaxl_core.errors import ConfigError
@@ -68,6 +71,10 @@ def test_the_export_keeps_runs_of_different_configurations_apart(tmp_path):
         client.log_metric(logged.info.run_id, "final/test/f1", test_f1[run["key"]])
         client.set_terminated(logged.info.run_id)
     summary = grid.export_results(client, experiment_id, preset, runs, uri)
+    tags = client.search_runs([experiment_id])[0].data.tags  # the code each run used
+    if (Path(grid.__file__).parent.parent / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["mlflow.source.git.commit"])
+        assert tags["code_dirty"] in ("true", "false")
     rows = {(r["trial"]["epochs"], r["trial"].get("freeze_layers", 0)): r for r in summary["aggregate"]}
     assert sorted(rows) == [(3, 1), (6, 0)] and all(r["n_seeds"] == 2 for r in rows.values())
     for (epochs, freeze), row in rows.items():
