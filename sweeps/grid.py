@@ -192,12 +192,11 @@ def run_key(task, target, source, method, seed, cfg: TrialConfig) -> str:
 def code_version() -> dict:
     """Tags naming the code a run used: the git commit of this checkout, and code_dirty when
     metaxl_core/ or sweeps/ differ from it; none outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=30, check=True).stdout.strip()
         changed = subprocess.run(["git", "status", "--porcelain", "--", "metaxl_core", "sweeps"],
-                                 cwd=root, capture_output=True, text=True, timeout=30,
+                                 cwd=ROOT, capture_output=True, text=True, timeout=30,
                                  check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -207,8 +206,7 @@ def code_version() -> dict:
 def run_tags(run: dict, preset_name: str) -> dict:
     cfg = run["config"]
     return {**code_version(), "role": "bench", "preset": preset_name, "run_key": run["key"],
-            "task": run["task"],
-            "target": run["target"], "target_lang": lang(run["target"]),
+            "task": run["task"], "target": run["target"], "target_lang": lang(run["target"]),
             "source": run["source"] or "none", "source_lang": lang(run["source"]),
             "method": run["method"], "base_method": cfg.method,
             "hypergradient": cfg.hypergradient, "seed": str(run["seed"]),
