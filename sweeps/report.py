@@ -248,7 +248,7 @@ def plot_heatmap(task: str, rows: list[dict], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(variants), figsize=(3.2 + 1.1 * len(targets) * len(variants),
                                                         1.2 + 0.6 * len(sources)),
-                             dpi=110, squeeze=False)
+                             dpi=110, squeeze=False, layout="constrained")
     grids = []
     for m in variants:
         grid = np.full((len(sources), len(targets)), np.nan)
@@ -266,8 +266,8 @@ def plot_heatmap(task: str, rows: list[dict], path: Path) -> bool:
         ax.set_xticks(range(len(targets)), targets)
         ax.set_yticks(range(len(sources)), sources)
         ax.set_xlabel("target")
-        ax.set_ylabel("source")
         ax.set_title(f"{title_of(m)} − JT", fontsize=9)
+    axes[0][0].set_ylabel("source")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="test F1 points")
     fig.suptitle(f"{task}: MetaXL gain over joint training with the same source", fontsize=9)
     fig.savefig(path, bbox_inches="tight")

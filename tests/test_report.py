@@ -220,7 +220,7 @@ def test_the_readme_results_tables_state_the_committed_report():
             pair = (row["target"].rsplit(":", 1)[1], row["source"].rsplit(":", 1)[1])
             assert pair not in rows, pair
             rows[pair] = row
-    number = r"([−-]?\d+\.\d)"
+    number = r"\+?([−-]?\d+\.\d)"
 
     def value(text):
         return float(text.replace("−", "-"))
@@ -237,7 +237,7 @@ def test_the_readme_results_tables_state_the_committed_report():
         row = rows[(target, source)]
         for name, cell in zip(header[1:], cells[1:], strict=True):
             stated = re.fullmatch(rf"\**{number} ± {number}\** \((\d+)\)", cell)
-            paired = re.fullmatch(rf"{number} \[{number}, \+?{number}\]", cell)
+            paired = re.fullmatch(rf"{number} \[{number}, {number}\]", cell)
             if name in README_COLUMNS and stated:
                 got = row["cells"][README_COLUMNS[name]]
                 assert (value(stated[1]), value(stated[2]), int(stated[3])) == (
