@@ -354,16 +354,18 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
                       if k.startswith("final/")},
             "wall_time_s": metrics.get("wall_time_s"),
             "history": _history(client, r.info.run_id)})
-    records.sort(key=lambda x: (x["task"], x["target"], x["source"], x["method"], x["grid"],
-                                json.dumps(x["trial"], sort_keys=True), x["seed"]))
+    def configuration(rec: dict) -> tuple:  # what the seeds of one aggregate row share
+        return (rec["task"], rec["target"], rec["source"], rec["method"], rec["grid"],
+                json.dumps(rec["trial"], sort_keys=True))
+    records.sort(key=lambda x: (configuration(x), x["seed"]))
     groups: dict[tuple, list] = {}
     for rec in records:
-        groups.setdefault((rec["task"], rec["target"], rec["source"], rec["method"], rec["grid"],
-                           json.dumps(rec["trial"], sort_keys=True)), []).append(rec)
+        groups.setdefault(configuration(rec), []).append(rec)
     aggregate = []
-    for (task, target, source, method, grid, _), recs in groups.items():
-        row = {"task": task, "target": target, "source": source, "method": method,
-               "grid": grid, "trial": recs[0]["trial"], "n_seeds": len(recs)}
+    for recs in groups.values():
+        first = recs[0]
+        row = {key: first[key] for key in ("task", "target", "source", "method", "grid", "trial")}
+        row["n_seeds"] = len(recs)
         for key in ("dev/f1", "test/f1", "test/accuracy"):
             values = [x["final"][key] for x in recs if key in x["final"]]
             if values:
