@@ -37,16 +37,10 @@ from metaxl_core.config import TrialConfig
 from metaxl_core.errors import MetaXLError
 from metaxl_core.names import language_of
 from metaxl_core.selection import rank_trials
-from sweeps.mlflow_store import default_tracking_uri, log_results, open_experiment, register_model
+from sweeps.mlflow_store import (default_tracking_uri, latest_attempt, log_results, open_experiment,
+                                 register_model)
 
 REPRODUCE_TOLERANCE = 1e-6  # reloaded test F1 against the recorded one
-
-
-def latest_attempt(client, experiment_id: str) -> str | None:
-    """The sweep id of the experiment's most recently started sweep attempt, or None."""
-    parents = client.search_runs([experiment_id], "tags.role = 'target'", max_results=1,
-                                 order_by=["attributes.start_time DESC"])
-    return parents[0].data.tags["sweep_id"] if parents else None
 
 
 def best_runs(uri: str, experiment: str, top_k: int = 1) -> dict[str, list[dict]]:

@@ -115,6 +115,13 @@ def safe_params(config: dict) -> dict:
     return {k: str(v) for k, v in sorted(config.items()) if not SECRET_PATTERN.search(k)}
 
 
+def latest_attempt(client, experiment_id: str) -> str | None:
+    """The sweep id of the experiment's most recently started sweep attempt, or None."""
+    parents = client.search_runs([experiment_id], "tags.role = 'target'", max_results=1,
+                                 order_by=["attributes.start_time DESC"])
+    return parents[0].data.tags["sweep_id"] if parents else None
+
+
 def log_results(client: MlflowClient, experiment_id: str, results: dict, tags: dict,
                 run_name: str | None = None) -> str:
     """Log a finished `run_trial` results dict as one FINISHED MLflow run with the sweep
@@ -153,19 +160,31 @@ def log_results(client: MlflowClient, experiment_id: str, results: dict, tags: d
     return run_id
 
 
+# what loading and running a saved model imports (metaxl_core itself travels as code)
+MODEL_REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "seqeval",
+                      "scikit-learn", "pyyaml", "tqdm")
+
+
+def model_requirements() -> list[str]:
+    """MODEL_REQUIREMENTS pinned to the installed versions (without a local tag such as +cpu)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
+
+
 def register_model(uri: str, run_id: str, folder: str, name: str, tags: dict) -> str:
     """Log the saved model `folder` to run `run_id` as an MLflow pyfunc model (its code:
-    `sweeps/pyfunc_model.py`), register it as `name` and tag the new version; returns the
-    version."""
-    import torch
-    import transformers
+    `sweeps/pyfunc_model.py`, with the `metaxl_core` package copied in, so a fresh environment
+    with `model_requirements()` serves it), register it as `name` and tag the new version;
+    returns the version."""
+    import metaxl_core
 
     with tracking_uri(uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"model": str(folder)}, registered_model_name=name, await_registration_for=0,
-            pip_requirements=["metaxl", f"torch=={torch.__version__.split('+')[0]}",
-                              f"transformers=={transformers.__version__}"])
+            code_paths=[str(Path(metaxl_core.__file__).parent)],
+            pip_requirements=model_requirements())
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri=uri)
     for key, value in tags.items():

@@ -11,6 +11,9 @@ Input: the FINISHED runs of one experiment, either
 
 Methods are named by `sweeps.methods.variant_of` (the `method` tag; `metaxl_trunc` and
 `metaxl_identity` for MetaXL runs with the truncated hypergradient or the identity RTN).
+With `--sweep URI EXPERIMENT` the report adds "Does the sweep pay?": each search's best
+configuration (re-run over seeds by the sweep's `seeds_per_config`) against this experiment's
+runs of the same method from `--default-source`, paired by seed.
 Runs with a `grid` tag (e.g. `meta_lr=0.0001`, from a preset's
 `grid`) form a sensitivity study reported on the dev split instead of the main tables.
 
@@ -22,6 +25,7 @@ Outputs (fixed names under --out; `<task>` is ner or sentiment):
     <task>_curves.png         dev F1 per epoch (mean ± std over seeds) per method, one target
     <task>_curves_all.png     the same, one panel per (target, source) row (when several)
     <task>_sensitivity.png    dev F1 against the grid value (grid runs only)
+    sweep_vs_default.png      with --sweep: "does the sweep pay?", a dot per seed
 Scores are shown as F1 x 100.
 """
 
@@ -48,6 +52,7 @@ from metaxl_core.atomic import write_atomic  # noqa: E402
 from metaxl_core.config import source_label  # noqa: E402
 from metaxl_core.selection import best_trial, mean_std, paired_difference  # noqa: E402
 from sweeps.methods import GAIN_VARIANTS, ordered, title_of, variant_of  # noqa: E402
+from sweeps.mlflow_store import latest_attempt  # noqa: E402
 
 TASK_ORDER = ["ner", "sentiment"]
 # secondary test metrics shown as extra tables when the runs logged them (final/test/...);
@@ -391,13 +396,117 @@ def plot_sensitivity(task: str, groups: dict, path: Path) -> None:
     _save_line_plot(fig, ax, path)
 
 
+# ---------------------------------------------------------------------------- does the sweep pay
+SEARCHED = ("source", "rtn_width", "rtn_layer", "lr", "meta_lr")  # what a sweep chooses
+
+
+def sweep_versus_default(sweep_client: MlflowClient, sweep_experiment_id: str,
+                         records: list[dict], default_source: str) -> list[dict]:
+    """"Does the sweep pay?": per search (target, method) of the sweep's latest attempt, its
+    best trial (`selection.best_trial` by dev F1) with that configuration's seed repeats,
+    against the report's own runs of the same target and method from `default_source` at the
+    preset's configuration. Test F1 × 100, paired by seed."""
+    sweep_id = latest_attempt(sweep_client, sweep_experiment_id)
+    if sweep_id is None:
+        raise SystemExit("error: the sweep experiment has no sweep attempt (no target runs)")
+    runs = sweep_client.search_runs(
+        [sweep_experiment_id], f"tags.sweep_id = '{sweep_id}'", max_results=50000)
+    searches: dict[tuple, list] = {}
+    for run in runs:
+        if run.data.tags.get("role") == "trial":
+            method = variant_of(run.data.tags, run.data.params)
+            searches.setdefault((run.data.tags["target"], method), []).append(run)
+    rows = []
+    for (target, method), trials in sorted(searches.items()):
+        finished = [r for r in trials if r.info.status == "FINISHED"
+                    and "best/test_f1" in r.data.metrics]
+        if not finished:
+            continue
+        best = best_trial(finished, lambda r: r.data.metrics["best/dev_f1"],
+                          lambda r: r.data.tags.get("trial_id", r.info.run_id))
+        repeats = [r for r in runs if r.info.status == "FINISHED"
+                   and r.data.tags.get("role") == "seed_repeat"
+                   and r.data.tags.get("repeats_trial") == best.data.tags.get("trial_id")
+                   and "best/test_f1" in r.data.metrics]
+        swept = {r.data.params["seed"]: r.data.metrics["best/test_f1"] * 100
+                 for r in [best, *repeats]}
+        default = {r["seed"]: r["test"] * 100 for r in records
+                   if r["role"] == "bench" and not r["grid"] and r["target"] == target
+                   and r["method"] == method and r["source"] == default_source}
+        rows.append({
+            "target": target, "method": method, "default_source": default_source,
+            "trials": len(trials), "finished": len(finished),
+            "best": {"trial_id": best.data.tags.get("trial_id"), "run_id": best.info.run_id,
+                     "dev": best.data.metrics["best/dev_f1"] * 100,
+                     **{k: best.data.params.get(k) for k in SEARCHED}},
+            "sweep": mean_std(list(swept.values())), "sweep_seeds": swept,
+            "default": mean_std(list(default.values())) if default else None,
+            "default_seeds": default, "paired": paired_difference(swept, default)})
+    return rows
+
+
+def describe_config(best: dict) -> str:
+    """"← en, RTN 192 after layer 12, lr 3.0e-04, meta_lr 1.0e-04" for a best trial's params."""
+    layer = best.get("rtn_layer")
+    return (f"← {lang(best['source'])}, RTN {best.get('rtn_width')} after layer "
+            f"{'last' if layer in (None, 'None') else layer}, lr {float(best['lr']):.1e}, "
+            f"meta_lr {float(best['meta_lr']):.1e}")
+
+
+def sweep_pays_lines(rows: list[dict], sweep: str, plot: str) -> list[str]:
+    """Markdown for `sweep_versus_default`'s rows."""
+    lines = [f"## Does the sweep pay? (sweep `{sweep}`)", "",
+             "Each search's best configuration (by dev F1) re-run over seeds, against the preset's "
+             "configuration of the same method from the default source, test F1 × 100; Δ = best "
+             "− default paired by seed: mean [95% bootstrap CI], sign-flip p (n seeds).", "",
+             "| target | method | trials (finished) | best configuration | its test F1 | "
+             "default's test F1 | Δ best − default |", "|" + "---|" * 7]
+    for row in rows:
+        p = row["paired"]
+        gain = "–" if p is None else (f"{p['mean']:+.1f} [{p['ci95'][0]:+.1f}, "
+                                      f"{p['ci95'][1]:+.1f}], p {p['p']:.3f} (n={p['n']})")
+        default = row["default"]
+        default_text = f"{fmt_cell(default)} (n={default['n']})" if default else "–"
+        lines.append(f"| {lang(row['target'])} | {title_of(row['method'])} | {row['trials']} "
+                     f"({row['finished']}) | {describe_config(row['best'])} | "
+                     f"{fmt_cell(row['sweep'])} (n={row['sweep']['n']}) | {default_text} "
+                     f"(← {lang(row['default_source'])}) | {gain} |")
+    return lines + ["", f"![does the sweep pay]({plot})", ""]
+
+
+def plot_sweep_pays(rows: list[dict], path: Path) -> None:
+    """Per target: the default's and the best configuration's test F1, a dot per seed."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(rows) + 1.5), 4.0), dpi=110)
+    bars = ((-0.18, "default_seeds", "default configuration", COLORS["joint"]),
+            (0.18, "sweep_seeds", "sweep's best configuration", COLORS["metaxl"]))
+    for i, row in enumerate(rows):
+        for offset, key, label, color in bars:
+            values = list(row[key].values())
+            if not values:
+                continue
+            ax.bar(i + offset, statistics.fmean(values), 0.34, color=color, alpha=0.8,
+                   label=label if i == 0 else None)
+            ax.plot([i + offset] * len(values), values, "o", color="black", markersize=3)
+    ax.set_xticks(range(len(rows)), [f"{lang(r['target'])} ({title_of(r['method'])})"
+                                     for r in rows])
+    ax.set_ylabel("test F1 × 100")
+    ax.set_title("Does the sweep pay? Mean over seeds, a dot per seed")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------- report
 def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict | None = None,
-                 ) -> dict:
+                 sweep: tuple[str, str] | None = None,
+                 default_source: str = "ner:conll2003:en") -> dict:
     """Write report.md, report.json and the PNGs into `out`; returns the report dict.
 
     curve_targets: {task: "target name" or "target|source"} for the learning-curve plot
-    (default: the first row of each task's table)."""
+    (default: the first row of each task's table). sweep: (tracking URI, experiment) of a
+    `sweeps/pairs.py` sweep to set against this experiment's runs (`sweep_versus_default`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
@@ -483,6 +592,18 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
         report.setdefault("sensitivity", {})[task] = [
             {"target": t, "source": s, "method": m, "dev": grid}
             for (t, s, m), grid in groups.items()]
+    if sweep:
+        sweep_client = MlflowClient(tracking_uri=sweep[0])
+        sweep_exp = sweep_client.get_experiment_by_name(sweep[1])
+        if sweep_exp is None:
+            raise SystemExit(f"error: no sweep experiment {sweep[1]!r} at {sweep[0]}")
+        rows = sweep_versus_default(sweep_client, sweep_exp.experiment_id, records,
+                                    default_source)
+        path = out / "sweep_vs_default.png"
+        plot_sweep_pays(rows, path)
+        md += sweep_pays_lines(rows, sweep_exp.name, path.name)
+        report["sweep_vs_default"] = {"sweep": sweep_exp.name, "tracking_uri": sweep[0],
+                                      "rows": rows}
     write_atomic(out / "report.md", "\n".join(md))
     write_atomic(out / "report.json", json.dumps(report, indent=2, sort_keys=True))
     return report
@@ -495,10 +616,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder, e.g. results/")
     p.add_argument("--curve-target", action="append", default=[], metavar="TASK=TARGET",
                    help="learning-curve target per task, e.g. ner=lug or ner=ner:masakhaner2:lug")
+    p.add_argument("--sweep", nargs=2, metavar=("URI", "EXPERIMENT"),
+                   help="a sweeps/pairs.py sweep whose best configurations (re-run over seeds) "
+                   "are set against this experiment's runs from --default-source, paired by seed")
+    p.add_argument("--default-source", default="ner:conll2003:en",
+                   help="with --sweep: the source of the default configuration (default: "
+                   "%(default)s, the paper's)")
     args = p.parse_args(argv)
     wanted = dict(item.split("=", 1) for item in args.curve_target)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    report = build_report(args.mlflow_uri, args.experiment, args.out, wanted)
+    report = build_report(args.mlflow_uri, args.experiment, args.out, wanted,
+                          tuple(args.sweep) if args.sweep else None, args.default_source)
     print(f"wrote {Path(args.out) / 'report.md'} ({report['n_runs']} runs, "
           f"tasks: {', '.join(report['tasks']) or 'none'})")
     return 0

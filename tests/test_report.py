@@ -188,6 +188,59 @@ def test_sensitivity_grid_runs(store_uri, tmp_path):
     assert _png_size(out / "ner_sensitivity.png")[0] > 5_000
 
 
+def test_does_the_sweep_pay_pairs_the_best_configuration_with_the_default(store_uri, tmp_path):
+    """The sweep's latest attempt, its best FINISHED trial by dev and that trial's seed repeats
+    only, against the grid's MetaXL runs from the default source, paired by seed."""
+    client = MlflowClient(tracking_uri=store_uri)
+    target, en, kin = "ner:masakhaner2:lug", "ner:conll2003:en", "ner:masakhaner2:kin"
+    grid_id = client.create_experiment("pays-grid")
+    for method, source, values in [("metaxl", en, [0.50, 0.52, 0.48]),
+                                   ("metaxl", kin, [0.90, 0.90, 0.90]),  # not the default source
+                                   ("joint", en, [0.80, 0.80, 0.80])]:  # not the method
+        for seed, value in enumerate(values, 1):
+            log_results(client, grid_id, _results("ner", target, source, method, value),
+                        {"role": "bench", "method": method, "source": source, "seed": seed})
+    sweep_id = client.create_experiment("pays-sweep")
+
+    def trial(attempt, trial_id, source, dev, test, seed=1, role="trial", status="FINISHED",
+              **extra):
+        results = _results("ner", target, source, "metaxl", test)
+        results["final"]["dev/f1"] = dev
+        results["config"].update({"seed": seed, "rtn_width": 64, "rtn_layer": 10, "lr": 5e-4,
+                                  "meta_lr": 2e-5})
+        run_id = log_results(client, sweep_id, results, {
+            "role": role, "sweep_id": attempt, "method": "metaxl", "source": source,
+            **({"repeats_trial": trial_id} if role == "seed_repeat" else {"trial_id": trial_id}),
+            **extra})
+        if status != "FINISHED":
+            client.set_terminated(run_id, status)
+
+    client.create_run(sweep_id, start_time=1000, tags={"role": "target", "sweep_id": "old"})
+    trial("old", "o0", en, 0.99, 0.99)  # an abandoned attempt
+    client.create_run(sweep_id, start_time=2000, tags={"role": "target", "sweep_id": "new"})
+    trial("new", "t0", kin, 0.60, 0.55)
+    trial("new", "t1", en, 0.70, 0.53)  # the best finished trial
+    trial("new", "t2", en, 0.95, 0.95, status="KILLED")  # stopped early by ASHA
+    trial("new", "t1", en, 0.0, 0.56, seed=2, role="seed_repeat")
+    trial("new", "t1", en, 0.0, 0.54, seed=3, role="seed_repeat")
+    trial("new", "t0", kin, 0.0, 0.99, seed=4, role="seed_repeat")  # another trial's repeat
+    out = tmp_path / "out"
+    report_lib.main(["--mlflow-uri", store_uri, "--experiment", "pays-grid", "--out", str(out),
+                     "--sweep", store_uri, "pays-sweep"])
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    (row,) = data["sweep_vs_default"]["rows"]
+    assert (row["trials"], row["finished"], row["best"]["trial_id"]) == (3, 2, "t1")
+    assert row["sweep_seeds"] == pytest.approx({"1": 53.0, "2": 56.0, "3": 54.0})
+    assert row["default_seeds"] == pytest.approx({"1": 50.0, "2": 52.0, "3": 48.0})
+    assert row["paired"]["mean"] == pytest.approx((3 + 4 + 6) / 3)
+    assert row["paired"]["n"] == 3 and row["paired"]["p"] == pytest.approx(2 / 8)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert ("| lug | MetaXL exact | 3 (2) | ← en, RTN 64 after layer 10, lr 5.0e-04, "
+            "meta_lr 2.0e-05 | 54.3 ± 1.5 (n=3) | 50.0 ± 2.0 (n=3) (← en) | +4.3 [+3.0, +6.0], "
+            "p 0.250 (n=3) |") in md
+    assert _png_size(out / "sweep_vs_default.png")[0] > 5_000
+
+
 def test_paired_difference_pairs_by_seed_with_an_exact_sign_flip_test():
     from metaxl_core.selection import paired_difference
     joint = {"1": 50.0, "2": 40.0, "3": 60.0, "4": 45.0, "5": 55.0}

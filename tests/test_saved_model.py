@@ -3,6 +3,8 @@ cached fidelity, trimmed vocabulary), its recorded test F1 when reloaded, clear 
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +144,30 @@ def test_predict_command_names_a_missing_mlflow_store(tmp_path, capsys):
                          "--mlflow-uri", f"sqlite:///{tmp_path / 'absent.db'}"])
     assert code == 2 and "no MLflow store at" in capsys.readouterr().err
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder, tmp_path):
+    """The pyfunc model needs no unpublished package: metaxl_core travels in its code folder,
+    requirements.txt pins what it imports, and it loads back and predicts."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.mlflow_store import register_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("registry")).info.run_id
+    version = register_model(uri, run_id, str(saved_folder), "metaxl-ner-test", {"seed": 1})
+    mlflow.set_tracking_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/metaxl-ner-test/{version}",
+                                                         dst_path=str(tmp_path / "artifact")))
+        model = mlflow.pyfunc.load_model(f"models:/metaxl-ner-test/{version}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    requirements = (local / "requirements.txt").read_text().split()
+    names = {re.split(r"[=<>~!\[]", line)[0] for line in requirements}
+    assert "metaxl" not in names and {"torch", "transformers", "seqeval"} <= names, requirements
+    assert (local / "code" / "metaxl_core" / "saved_model.py").is_file()
+    tags = model.predict([["Ade", "went", "to", "Lagos"]])
+    assert len(tags) == 1 and len(tags[0]) == 4
