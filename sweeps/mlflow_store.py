@@ -9,6 +9,8 @@ import fcntl
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -174,17 +176,21 @@ def model_requirements() -> list[str]:
 
 def register_model(uri: str, run_id: str, folder: str, name: str, tags: dict) -> str:
     """Log the saved model `folder` to run `run_id` as an MLflow pyfunc model (its code:
-    `sweeps/pyfunc_model.py`, with the `metaxl_core` package copied in, so a fresh environment
-    with `model_requirements()` serves it), register it as `name` and tag the new version;
-    returns the version."""
+    `sweeps/pyfunc_model.py`, with the `metaxl_core` modules copied in, not its sample data, so
+    a fresh environment with `model_requirements()` serves it), register it as `name` and tag
+    the new version; returns the version."""
     import metaxl_core
 
-    with tracking_uri(uri), mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as code, tracking_uri(uri), \
+            mlflow.start_run(run_id=run_id):
+        package = Path(code) / "metaxl_core"
+        package.mkdir()
+        for module in Path(metaxl_core.__file__).parent.glob("*.py"):
+            shutil.copy2(module, package / module.name)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"model": str(folder)}, registered_model_name=name, await_registration_for=0,
-            code_paths=[str(Path(metaxl_core.__file__).parent)],
-            pip_requirements=model_requirements())
+            code_paths=[str(package)], pip_requirements=model_requirements())
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri=uri)
     for key, value in tags.items():

@@ -200,6 +200,9 @@ def test_does_the_sweep_pay_pairs_the_best_configuration_with_the_default(store_
         for seed, value in enumerate(values, 1):
             log_results(client, grid_id, _results("ner", target, source, method, value),
                         {"role": "bench", "method": method, "source": source, "seed": seed})
+    for tags, other in [({"grid": "meta_lr=0.001"}, target), ({}, "ner:masakhaner2:zul")]:
+        log_results(client, grid_id, _results("ner", other, en, "metaxl", 0.10),  # not these
+                    {"role": "bench", "method": "metaxl", "source": en, "seed": 2, **tags})
     sweep_id = client.create_experiment("pays-sweep")
 
     def trial(attempt, trial_id, source, dev, test, seed=1, role="trial", status="FINISHED",
@@ -234,10 +237,12 @@ def test_does_the_sweep_pay_pairs_the_best_configuration_with_the_default(store_
     assert row["default_seeds"] == pytest.approx({"1": 50.0, "2": 52.0, "3": 48.0})
     assert row["paired"]["mean"] == pytest.approx((3 + 4 + 6) / 3)
     assert row["paired"]["n"] == 3 and row["paired"]["p"] == pytest.approx(2 / 8)
+    # the best trial's own seed (1) won the selection on dev: also the re-runs alone
+    assert row["paired_reruns"]["n"] == 2 and row["paired_reruns"]["mean"] == pytest.approx(5.0)
     md = (out / "report.md").read_text(encoding="utf-8")
     assert ("| lug | MetaXL exact | 3 (2) | ← en, RTN 64 after layer 10, lr 5.0e-04, "
             "meta_lr 2.0e-05 | 54.3 ± 1.5 (n=3) | 50.0 ± 2.0 (n=3) (← en) | +4.3 [+3.0, +6.0], "
-            "p 0.250 (n=3) |") in md
+            "p 0.250 (n=3) | +5.0 [+4.0, +6.0], p 0.500 (n=2) |") in md
     assert _png_size(out / "sweep_vs_default.png")[0] > 5_000
 
 

@@ -147,8 +147,9 @@ def test_predict_command_names_a_missing_mlflow_store(tmp_path, capsys):
 
 
 def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder, tmp_path):
-    """The pyfunc model needs no unpublished package: metaxl_core travels in its code folder,
-    requirements.txt pins what it imports, and it loads back and predicts."""
+    """The pyfunc model needs no unpublished package: metaxl_core's modules travel in its code
+    folder (not the bundled sample data), requirements.txt pins what it imports, and it loads
+    back and predicts."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -156,7 +157,8 @@ def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder,
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    run_id = client.create_run(client.create_experiment("registry")).info.run_id
+    experiment = client.create_experiment("registry", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(experiment).info.run_id
     version = register_model(uri, run_id, str(saved_folder), "metaxl-ner-test", {"seed": 1})
     mlflow.set_tracking_uri(uri)
     try:
@@ -168,6 +170,7 @@ def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder,
     requirements = (local / "requirements.txt").read_text().split()
     names = {re.split(r"[=<>~!\[]", line)[0] for line in requirements}
     assert "metaxl" not in names and {"torch", "transformers", "seqeval"} <= names, requirements
-    assert (local / "code" / "metaxl_core" / "saved_model.py").is_file()
+    code = local / "code" / "metaxl_core"
+    assert (code / "saved_model.py").is_file() and not (code / "sample_data").exists()
     tags = model.predict([["Ade", "went", "to", "Lagos"]])
     assert len(tags) == 1 and len(tags[0]) == 4
