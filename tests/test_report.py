@@ -279,14 +279,37 @@ def test_the_readme_results_tables_state_the_committed_report():
             assert pair not in rows, pair
             rows[pair] = row
     number = r"\+?([−-]?\d+\.\d)"
+    sweep_rows = {row["target"].rsplit(":", 1)[1]: row
+                  for row in (report.get("sweep_vs_default") or {}).get("rows", [])}
 
     def value(text):
         return float(text.replace("−", "-"))
+
+    def check_sweep_row(row: dict, cells: dict) -> int:
+        """The 'Does the sweep pay?' table: scores as 'mean ± std (n)', gains as
+        'mean [low, high]', against report.json's sweep_vs_default row."""
+        stated = {name: re.fullmatch(rf"\**{number} ± {number}\** \((\d+)\)", cell)
+                  for name, cell in cells.items()}
+        gains = {name: re.fullmatch(rf"{number} \[{number}, {number}\]", cell)
+                 for name, cell in cells.items()}
+        for name, key in (("its test F1", "sweep"), ("default", "default")):
+            cell = next(stated[n] for n in cells if n.startswith(name))
+            assert cell and (value(cell[1]), value(cell[2]), int(cell[3])) == (
+                round(row[key]["mean"], 1), round(row[key]["std"], 1), row[key]["n"]), cells
+        for name, key in (("best − default", "paired"), ("re-runs only", "paired_reruns")):
+            cell = next(gains[n] for n in cells if n.startswith(name))
+            got = row[key]
+            assert cell and [value(cell[i]) for i in (1, 2, 3)] == [
+                round(got["mean"], 1), round(got["ci95"][0], 1), round(got["ci95"][1], 1)], cells
+        return 4
     checked = 0
     header = None
     for line in (PROJECT_ROOT / "README.md").read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
         if not cells or set(cells[0]) <= {"-"}:
+            continue
+        if header and header[0].startswith("Does the sweep pay") and cells[0] in sweep_rows:
+            checked += check_sweep_row(sweep_rows[cells[0]], dict(zip(header, cells, strict=True)))
             continue
         if "←" not in cells[0]:
             header = cells
