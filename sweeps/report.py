@@ -528,6 +528,16 @@ def plot_sweep_pays(rows: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- report
+def find_experiment(client: MlflowClient, experiment: str, uri: str):
+    """The experiment named (or numbered) `experiment`; exits with an error naming the store."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None and experiment.isdigit():
+        exp = client.get_experiment(experiment)
+    if exp is None:
+        raise SystemExit(f"error: no experiment {experiment!r} at {uri}")
+    return exp
+
+
 def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict | None = None,
                  sweep: tuple[str, str] | None = None,
                  default_source: str = "ner:conll2003:en") -> dict:
@@ -539,11 +549,7 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        exp = client.get_experiment(experiment) if experiment.isdigit() else None
-    if exp is None:
-        raise SystemExit(f"error: no experiment {experiment!r} at {uri}")
+    exp = find_experiment(client, experiment, uri)
     records = select(read_runs(client, exp.experiment_id))
     tables = build_tables(records, "test")
     dev_tables = build_tables(records, "dev")
@@ -623,9 +629,7 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
             for (t, s, m), grid in groups.items()]
     if sweep:
         sweep_client = MlflowClient(tracking_uri=sweep[0])
-        sweep_exp = sweep_client.get_experiment_by_name(sweep[1])
-        if sweep_exp is None:
-            raise SystemExit(f"error: no sweep experiment {sweep[1]!r} at {sweep[0]}")
+        sweep_exp = find_experiment(sweep_client, sweep[1], sweep[0])
         rows = sweep_versus_default(sweep_client, sweep_exp.experiment_id, records,
                                     default_source)
         path = out / "sweep_vs_default.png"
