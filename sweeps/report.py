@@ -102,8 +102,21 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
 
 def select(records: list[dict]) -> list[dict]:
     """Bench runs as they are; sweep trials: the best (`selection.best_trial`) per (task, target,
-    source, method, grid)."""
+    source, method, grid). Two bench runs of one cell and seed are an error: they differ in a
+    setting the table cannot show (e.g. a preset entry's own `trial` fields), and one would
+    silently replace the other."""
     bench = [r for r in records if r["role"] == "bench"]
+    seen: dict[tuple, str] = {}
+    for r in bench:
+        cell = (r["task"], r["target"], r["source"], r["method"], r["grid"], str(r["seed"]))
+        if cell in seen:
+            raise SystemExit(
+                f"error: runs {seen[cell]} and {r['run_id']} are both {r['method']} "
+                f"{lang(r['source'])} -> {lang(r['target'])} seed {r['seed']}"
+                f"{' (' + r['grid'] + ')' if r['grid'] else ''}: one table cell cannot hold two "
+                "configurations; report such runs from separate experiments (or read them "
+                "from `grid.py --export-only`, which groups runs by their whole trial)")
+        seen[cell] = r["run_id"]
     searches: dict[tuple, list[dict]] = {}
     for r in records:
         if r["role"] == "trial":

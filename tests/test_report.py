@@ -167,6 +167,24 @@ def test_sweep_report_uses_best_trial_by_dev(store_uri, tmp_path):
     assert table["hau ← en"][2] == "+3.0"
 
 
+def test_two_configurations_in_one_cell_are_an_error(store_uri, tmp_path):
+    """A preset entry's own trial fields (e.g. freeze_layers 6 next to 8) log runs of the same
+    cell and seed: the report refuses rather than keeping one of them."""
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("two-configurations")
+    target, source = "ner:masakhaner2:zul", "ner:conll2003:en"
+    ids = []
+    for seed, freeze_layers, test in [(1, 8, 0.44), (2, 8, 0.45), (1, 6, 0.48)]:
+        results = _results("ner", target, source, "joint", test)
+        results["config"]["freeze_layers"] = freeze_layers
+        ids.append(log_results(client, experiment_id, results,
+                               {"role": "bench", "method": "joint", "seed": seed}))
+    with pytest.raises(SystemExit, match="are both joint en -> zul seed 1") as err:
+        report_lib.build_report(store_uri, "two-configurations", tmp_path / "out")
+    assert ids[0] in str(err.value) and ids[2] in str(err.value) and ids[1] not in str(err.value)
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
 def test_sensitivity_grid_runs(store_uri, tmp_path):
     uri = store_uri
     client = MlflowClient(tracking_uri=uri)
