@@ -13,7 +13,9 @@ Methods are named by `sweeps.methods.variant_of` (the `method` tag; `metaxl_trun
 `metaxl_identity` for MetaXL runs with the truncated hypergradient or the identity RTN).
 With `--sweep URI EXPERIMENT` the report adds "Does the sweep pay?": each search's best
 configuration (re-run over seeds by the sweep's `seeds_per_config`) against this experiment's
-runs of the same method from `--default-source`, paired by seed.
+runs of the same method from `--default-source`, paired by seed. With `--probe URI
+EXPERIMENT` it adds "Beyond the preset": a grid re-running some rows with a setting changed
+(e.g. `freeze_layers: 6`), each changed setting against this experiment's runs, paired by seed.
 Runs with a `grid` tag (e.g. `meta_lr=0.0001`, from a preset's
 `grid`) form a sensitivity study reported on the dev split instead of the main tables.
 
@@ -26,6 +28,7 @@ Outputs (fixed names under --out; `<task>` is ner or sentiment):
     <task>_curves_all.png     the same, one panel per (target, source) row (when several)
     <task>_sensitivity.png    dev F1 against the grid value (grid runs only)
     sweep_vs_default.png      with --sweep: "does the sweep pay?", a dot per seed
+    probe_vs_preset.png       with --probe: each changed setting against the preset
 Scores are shown as F1 x 100.
 """
 
@@ -85,7 +88,7 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
                 "source": "none" if source in ("None", "") else source,
                 "method": variant_of(tags, params),
                 "seed": tags.get("seed") or params.get("seed"),
-                "grid": tags.get("grid", ""),
+                "grid": tags.get("grid", ""), "params": dict(params),
                 "dev": float(metrics.get("best/dev_f1", float("nan"))),
                 "test": float(metrics["best/test_f1"]),
                 # other test metrics at the best dev epoch (bench runs log them as final/...)
@@ -516,28 +519,93 @@ def sweep_pays_lines(rows: list[dict], sweep: str, plot: str) -> list[str]:
     return lines + ["", f"![does the sweep pay]({plot})", ""]
 
 
-def plot_sweep_pays(rows: list[dict], path: Path) -> None:
-    """Per search: the default's and the best configuration's test F1, a dot per seed."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(rows) + 1.5), 4.0), dpi=110)
-    bars = ((-0.18, "default_seeds", "default configuration", COLORS["target_only"]),
-            (0.18, "sweep_seeds", "sweep's best configuration", COLORS["metaxl"]))
-    for i, row in enumerate(rows):
-        for offset, key, label, color in bars:
-            values = list(row[key].values())
+def plot_against(groups: list[tuple[str, dict, dict]], names: tuple[str, str], title: str,
+                 path: Path) -> None:
+    """Per group (x label, {seed: base F1}, {seed: other F1}): two bars of the means, a dot per
+    seed."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(groups) + 1.5), 4.0), dpi=110)
+    bars = ((-0.18, 1, names[0], COLORS["target_only"]), (0.18, 2, names[1], COLORS["metaxl"]))
+    for i, group in enumerate(groups):
+        for offset, index, label, color in bars:
+            values = list(group[index].values())
             if not values:
                 continue
             ax.bar(i + offset, statistics.fmean(values), 0.34, color=color, alpha=0.8,
                    label=label if i == 0 else None)
             ax.plot([i + offset] * len(values), values, "o", color="black", markersize=3)
-    ax.set_xticks(range(len(rows)), [f"{lang(r['target'])} ({title_of(r['method'])})"
-                                     for r in rows])
+    ax.set_xticks(range(len(groups)), [group[0] for group in groups], fontsize=8)
+    lowest = min((v for group in groups for v in [*group[1].values(), *group[2].values()]),
+                 default=0.0)
+    ax.set_ylim(bottom=max(0.0, 5 * math.floor((lowest - 8) / 5)))  # the seeds' spread shows
     ax.set_ylabel("test F1 × 100")
-    ax.set_title("Does the sweep pay? Mean over seeds, a dot per seed")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{title} (mean over seeds, a dot per seed)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- beyond the preset
+RUN_SPECIFIC = {"seed", "output_dir"}  # params that differ between runs of one configuration
+
+
+def setting_of(params: dict, preset_params: dict) -> str:
+    """"freeze_layers 6": the params where a run differs from the preset's run of its row and
+    method (seed aside)."""
+    changed = [f"{k} {v}" for k, v in sorted(params.items())
+               if k not in RUN_SPECIFIC and preset_params.get(k) != v]
+    return ", ".join(changed) or "the preset's own"
+
+
+def probe_versus_preset(probe_records: list[dict], records: list[dict]) -> list[dict]:
+    """Bench runs of another experiment (a probe: rows of this experiment's preset with a
+    setting changed) against this experiment's runs of the same task, target, source and
+    method: one row per changed setting, test F1 × 100 paired by seed. Probe runs of a cell
+    this experiment lacks are left out with a warning."""
+    preset: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["role"] == "bench" and not r["grid"]:
+            preset.setdefault((r["task"], r["target"], r["source"], r["method"]), []).append(r)
+    groups: dict[tuple, list[dict]] = {}
+    for r in probe_records:
+        cell = (r["task"], r["target"], r["source"], r["method"])
+        if r["role"] != "bench":
+            continue
+        if cell not in preset:
+            print(f"warning: probe run {r['run_id']} ({title_of(r['method'])} {lang(r['source'])}"
+                  f" -> {lang(r['target'])}): the report's experiment has no such runs, left out",
+                  file=sys.stderr)
+            continue
+        groups.setdefault((*cell, setting_of(r["params"], preset[cell][0]["params"])),
+                          []).append(r)
+    rows = []
+    for (task, target, source, method, setting), runs in sorted(groups.items()):
+        label = f"{title_of(method)} {lang(target)} ← {lang(source)}"
+        probe = by_seed([(r["seed"], r["test"]) for r in runs], f"{label} with {setting}")
+        base = by_seed([(r["seed"], r["test"]) for r in preset[(task, target, source, method)]],
+                       label)
+        rows.append({"task": task, "target": target, "source": source, "method": method,
+                     "setting": setting, "probe": mean_std(list(probe.values())),
+                     "probe_seeds": probe, "preset": mean_std(list(base.values())),
+                     "preset_seeds": base, "paired": paired_difference(probe, base)})
+    return rows
+
+
+def probe_lines(rows: list[dict], probe: str, plot: str) -> list[str]:
+    """Markdown for `probe_versus_preset`'s rows."""
+    lines = [f"## Beyond the preset (experiment `{probe}`)", "",
+             "Rows of this report run again with one setting changed; test F1 × 100, mean ± std "
+             "(n seeds). Δ = changed − preset paired over the seeds both have: mean [95% bootstrap "
+             "CI], sign-flip p (n).", "",
+             "| row | method | changed setting | its test F1 | the preset's | Δ changed − preset |",
+             "|" + "---|" * 6]
+    for row in rows:
+        lines.append(f"| {row_label(row)} | {title_of(row['method'])} | {row['setting']} | "
+                     f"{fmt_cell(row['probe'])} (n={row['probe']['n']}) | "
+                     f"{fmt_cell(row['preset'])} (n={row['preset']['n']}) | "
+                     f"{fmt_paired(row['paired'])} |")
+    return lines + ["", f"![beyond the preset]({plot})", ""]
 
 
 # ---------------------------------------------------------------------------- report
@@ -553,12 +621,15 @@ def find_experiment(client: MlflowClient, experiment: str, uri: str):
 
 def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict | None = None,
                  sweep: tuple[str, str] | None = None,
-                 default_source: str = "ner:conll2003:en") -> dict:
+                 default_source: str = "ner:conll2003:en",
+                 probe: tuple[str, str] | None = None) -> dict:
     """Write report.md, report.json and the PNGs into `out`; returns the report dict.
 
     curve_targets: {task: "target name" or "target|source"} for the learning-curve plot
     (default: the first row of each task's table). sweep: (tracking URI, experiment) of a
-    `sweeps/pairs.py` sweep to set against this experiment's runs (`sweep_versus_default`)."""
+    `sweeps/pairs.py` sweep to set against this experiment's runs (`sweep_versus_default`).
+    probe: (tracking URI, experiment) of a grid that re-runs this experiment's rows with a
+    setting changed (`probe_versus_preset`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
@@ -646,10 +717,24 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
         rows = sweep_versus_default(sweep_client, sweep_exp.experiment_id, records,
                                     default_source)
         path = out / "sweep_vs_default.png"
-        plot_sweep_pays(rows, path)
+        plot_against([(f"{lang(r['target'])} ({title_of(r['method'])})", r["default_seeds"],
+                       r["sweep_seeds"]) for r in rows],
+                     ("default configuration", "sweep's best configuration"),
+                     "Does the sweep pay?", path)
         md += sweep_pays_lines(rows, sweep_exp.name, path.name)
         report["sweep_vs_default"] = {"sweep": sweep_exp.name, "tracking_uri": sweep[0],
                                       "rows": rows}
+    if probe:
+        probe_client = MlflowClient(tracking_uri=probe[0])
+        probe_exp = find_experiment(probe_client, probe[1], probe[0])
+        rows = probe_versus_preset(read_runs(probe_client, probe_exp.experiment_id), records)
+        path = out / "probe_vs_preset.png"
+        plot_against([(f"{row_label(r)}\n{r['setting']}", r["preset_seeds"], r["probe_seeds"])
+                      for r in rows], ("the preset", "setting changed"), "Beyond the preset",
+                     path)
+        md += probe_lines(rows, probe_exp.name, path.name)
+        report["probe_vs_preset"] = {"probe": probe_exp.name, "tracking_uri": probe[0],
+                                     "rows": rows}
     write_atomic(out / "report.md", "\n".join(md))
     write_atomic(out / "report.json", json.dumps(report, indent=2, sort_keys=True))
     return report
@@ -668,11 +753,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-source", default="ner:conll2003:en",
                    help="with --sweep: the source of the default configuration (default: "
                    "%(default)s, the paper's)")
+    p.add_argument("--probe", nargs=2, metavar=("URI", "EXPERIMENT"),
+                   help="a grid that re-runs rows of this experiment with a setting changed "
+                   "(e.g. sweeps/grids/cpu-fidelity-probe.yaml): each changed setting against "
+                   "this experiment's runs, paired by seed")
     args = p.parse_args(argv)
     wanted = dict(item.split("=", 1) for item in args.curve_target)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     report = build_report(args.mlflow_uri, args.experiment, args.out, wanted,
-                          tuple(args.sweep) if args.sweep else None, args.default_source)
+                          tuple(args.sweep) if args.sweep else None, args.default_source,
+                          tuple(args.probe) if args.probe else None)
     print(f"wrote {Path(args.out) / 'report.md'} ({report['n_runs']} runs, "
           f"tasks: {', '.join(report['tasks']) or 'none'})")
     return 0

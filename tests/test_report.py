@@ -264,6 +264,48 @@ def test_does_the_sweep_pay_pairs_the_best_configuration_with_the_default(store_
     assert _png_size(out / "sweep_vs_default.png")[0] > 5_000
 
 
+def test_probe_sets_each_changed_setting_against_the_preset_paired_by_seed(store_uri, tmp_path):
+    """A probe grid re-runs preset rows with a setting changed; each setting is its own row,
+    paired with the preset's runs of the same row and method, seed by seed."""
+    client = MlflowClient(tracking_uri=store_uri)
+    zul, en, sna = "ner:masakhaner2:zul", "ner:conll2003:en", "ner:masakhaner2:sna"
+
+    def log(experiment_id, source, method, seed, test, **changed):
+        results = _results("ner", zul, source, method, test)
+        results["config"].update({"freeze_layers": 8, "epochs": 2, "seed": seed, **changed})
+        return log_results(client, experiment_id, results,
+                           {"role": "bench", "method": method, "source": source, "seed": seed})
+
+    preset_id = client.create_experiment("probe-preset")
+    for seed, test in [(1, 0.44), (2, 0.46), (3, 0.42)]:
+        log(preset_id, en, "joint", seed, test)
+        log(preset_id, en, "metaxl", seed, 0.30)  # another method: not the baseline
+    log(preset_id, sna, "joint", 1, 0.90)  # another source: not the baseline
+    probe_id = client.create_experiment("probe-probe")
+    for seed, test in [(1, 0.49), (2, 0.48), (3, 0.47)]:
+        log(probe_id, en, "joint", seed, test, freeze_layers=6)
+    log(probe_id, en, "joint", 1, 0.45, epochs=4)
+    log(probe_id, en, "joint", 2, 0.47, epochs=4)
+    log(probe_id, "ner:masakhaner2:xho", "joint", 1, 0.99, freeze_layers=6)  # no preset row
+    out = tmp_path / "out"
+    report_lib.main(["--mlflow-uri", store_uri, "--experiment", "probe-preset", "--out", str(out),
+                     "--probe", store_uri, "probe-probe"])
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    rows = {r["setting"]: r for r in data["probe_vs_preset"]["rows"]}
+    assert list(rows) == ["epochs 4", "freeze_layers 6"]
+    deeper, longer = rows["freeze_layers 6"], rows["epochs 4"]
+    assert (deeper["source"], deeper["method"]) == (en, "joint")
+    assert deeper["probe"]["mean"] == pytest.approx(48.0)
+    assert deeper["preset"]["mean"] == pytest.approx(44.0)
+    assert deeper["paired"]["n"] == 3 and deeper["paired"]["mean"] == pytest.approx(4.0)
+    # paired over seeds 1-2 only: (45 - 44 + 47 - 46) / 2, not 46 - 44 against all 3 seeds
+    assert longer["paired"]["n"] == 2 and longer["paired"]["mean"] == pytest.approx(1.0)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "| zul ← en | joint (JT) | freeze_layers 6 | 48.0 ± 1.0 (n=3) | 44.0 ± 2.0 (n=3) | " \
+           "+4.0 [" in md
+    assert _png_size(out / "probe_vs_preset.png")[0] > 5_000
+
+
 def test_paired_difference_pairs_by_seed_with_an_exact_sign_flip_test():
     from metaxl_core.selection import paired_difference
     joint = {"1": 50.0, "2": 40.0, "3": 60.0, "4": 45.0, "5": 55.0}
