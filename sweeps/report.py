@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from metaxl_core.atomic import write_atomic  # noqa: E402
-from metaxl_core.config import source_label  # noqa: E402
+from metaxl_core.config import TrialConfig, source_label  # noqa: E402
 from metaxl_core.selection import best_trial, mean_std, paired_difference  # noqa: E402
 from sweeps.methods import GAIN_VARIANTS, ordered, title_of, variant_of  # noqa: E402
 from sweeps.mlflow_store import latest_attempt  # noqa: E402
@@ -89,6 +89,7 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
                 "method": variant_of(tags, params),
                 "seed": tags.get("seed") or params.get("seed"),
                 "grid": tags.get("grid", ""), "params": dict(params),
+                "test_subset": tags.get("test_subset", "full"),
                 "dev": float(metrics.get("best/dev_f1", float("nan"))),
                 "test": float(metrics["best/test_f1"]),
                 # other test metrics at the best dev epoch (bench runs log them as final/...)
@@ -547,14 +548,19 @@ def plot_against(groups: list[tuple[str, dict, dict]], names: tuple[str, str], t
 
 
 # ---------------------------------------------------------------------------- beyond the preset
-RUN_SPECIFIC = {"seed", "output_dir"}  # params that differ between runs of one configuration
+WHERE_IT_RAN = {"seed", "output_dir", "device", "data_root", "split_index_file"}
 
 
-def setting_of(params: dict, preset_params: dict) -> str:
+def setting_of(run: dict, preset_run: dict) -> str:
     """"freeze_layers 6": the params where a run differs from the preset's run of its row and
-    method (seed aside)."""
-    changed = [f"{k} {v}" for k, v in sorted(params.items())
-               if k not in RUN_SPECIFIC and preset_params.get(k) != v]
+    method; not its seed or where it ran (device, paths), but its test subset. A param one run
+    lacks (logged before the field existed) counts as TrialConfig's default."""
+    defaults = {k: str(v) for k, v in TrialConfig().to_dict().items()}
+    ours = {**run["params"], "test_subset": run["test_subset"]}
+    theirs = {**preset_run["params"], "test_subset": preset_run["test_subset"]}
+    changed = [f"{k} {ours.get(k, defaults.get(k))}" for k in sorted(set(ours) | set(theirs))
+               if k not in WHERE_IT_RAN
+               and ours.get(k, defaults.get(k)) != theirs.get(k, defaults.get(k))]
     return ", ".join(changed) or "the preset's own"
 
 
@@ -577,8 +583,7 @@ def probe_versus_preset(probe_records: list[dict], records: list[dict]) -> list[
                   f" -> {lang(r['target'])}): the report's experiment has no such runs, left out",
                   file=sys.stderr)
             continue
-        groups.setdefault((*cell, setting_of(r["params"], preset[cell][0]["params"])),
-                          []).append(r)
+        groups.setdefault((*cell, setting_of(r, preset[cell][0])), []).append(r)
     rows = []
     for (task, target, source, method, setting), runs in sorted(groups.items()):
         label = f"{title_of(method)} {lang(target)} ← {lang(source)}"
@@ -595,7 +600,7 @@ def probe_versus_preset(probe_records: list[dict], records: list[dict]) -> list[
 def probe_lines(rows: list[dict], probe: str, plot: str) -> list[str]:
     """Markdown for `probe_versus_preset`'s rows."""
     lines = [f"## Beyond the preset (experiment `{probe}`)", "",
-             "Rows of this report run again with one setting changed; test F1 × 100, mean ± std "
+             "Rows of this report run again with settings changed; test F1 × 100, mean ± std "
              "(n seeds). Δ = changed − preset paired over the seeds both have: mean [95% bootstrap "
              "CI], sign-flip p (n).", "",
              "| row | method | changed setting | its test F1 | the preset's | Δ changed − preset |",
