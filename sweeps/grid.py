@@ -172,12 +172,15 @@ def test_index_file(task: str, target: str, cap: int, data_root, out: Path | Non
     return path.resolve()
 
 
+WHERE_IT_RUNS = frozenset({"output_dir", "device", "split_index_file"})  # not what a run is
+
+
 def changed_fields(cfg: TrialConfig) -> dict:
     """The fields of `cfg` that differ from TrialConfig's defaults (not where it runs or writes):
     a field added to TrialConfig later (with a default) leaves them, and run keys, as they were."""
     defaults = TrialConfig().to_dict()
     return {k: v for k, v in cfg.to_dict().items()
-            if k not in ("output_dir", "device", "split_index_file") and v != defaults.get(k)}
+            if k not in WHERE_IT_RUNS and v != defaults.get(k)}
 
 
 def run_key(task, target, source, method, seed, cfg: TrialConfig) -> str:

@@ -55,6 +55,7 @@ from metaxl_core.atomic import write_atomic  # noqa: E402
 from metaxl_core.config import TrialConfig, source_label  # noqa: E402
 from metaxl_core.selection import best_trial, mean_std, paired_difference  # noqa: E402
 from sweeps.methods import GAIN_VARIANTS, ordered, title_of, variant_of  # noqa: E402
+from sweeps.grid import WHERE_IT_RUNS  # noqa: E402
 from sweeps.mlflow_store import latest_attempt  # noqa: E402
 
 TASK_ORDER = ["ner", "sentiment"]
@@ -548,7 +549,7 @@ def plot_against(groups: list[tuple[str, dict, dict]], names: tuple[str, str], t
 
 
 # ---------------------------------------------------------------------------- beyond the preset
-WHERE_IT_RAN = {"seed", "output_dir", "device", "data_root", "split_index_file"}
+WHERE_IT_RAN = {"seed", "data_root", *WHERE_IT_RUNS}  # a probe run's setting ignores these
 
 
 def setting_of(run: dict, preset_run: dict) -> str:
@@ -575,9 +576,9 @@ def probe_versus_preset(probe_records: list[dict], records: list[dict]) -> list[
             preset.setdefault((r["task"], r["target"], r["source"], r["method"]), []).append(r)
     groups: dict[tuple, list[dict]] = {}
     for r in probe_records:
-        cell = (r["task"], r["target"], r["source"], r["method"])
         if r["role"] != "bench":
             continue
+        cell = (r["task"], r["target"], r["source"], r["method"])
         if cell not in preset:
             print(f"warning: probe run {r['run_id']} ({title_of(r['method'])} {lang(r['source'])}"
                   f" -> {lang(r['target'])}): the report's experiment has no such runs, left out",
