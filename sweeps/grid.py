@@ -5,7 +5,7 @@ no Ray: shard it over processes with --shard.
 
     python sweeps/grid.py --preset sweeps/grids/cpu-fidelity.yaml
     python sweeps/grid.py --preset sweeps/grids/paper-gpu.yaml --out runs/grids/paper-gpu
-    python sweeps/grid.py --preset sweeps/grids/cpu-fidelity.yaml --dry-run      # list the runs
+    python sweeps/grid.py --preset sweeps/grids/cpu-fidelity.yaml --dry-run      # the runs; "(logged)": done
     python sweeps/report.py --mlflow-uri sqlite:///runs/grids/cpu-fidelity/mlflow.db \\
         --experiment metaxl-transfer-cpu-fidelity --out results/
 
@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads per process (1 is the most robust "
                    "on a shared CPU)")
     p.add_argument("--export-only", action="store_true", help="only write results.json")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs, marking those already in MLflow, and exit")
     args = p.parse_args(argv)
 
     try:
@@ -266,22 +267,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    from sweeps.mlflow_store import log_results, open_experiment  # noqa: E402 (heavy imports)
+
+    uri = args.mlflow_uri or f"sqlite:///{out.resolve() / 'mlflow.db'}"
     if args.dry_run:
+        try:
+            done = finished_runs(*open_experiment(uri, preset["name"], create=False))
+        except ConfigError as err:  # no store or experiment yet: nothing logged
+            print(f"(nothing logged: {err})", file=sys.stderr)
+            done = {}
         for i, r in enumerate(runs, 1):
-            print(f"{i:4d} {r['key']}")
-        print(f"{len(runs)} runs -> {out}")
+            print(f"{i:4d} {r['key']}{'  (logged)' if r['key'] in done else ''}")
+        print(f"{len(runs)} runs, {sum(r['key'] in done for r in runs)} already in MLflow -> {out}")
         return 0
 
-    from sweeps.mlflow_store import log_results, open_experiment  # noqa: E402 (heavy imports)
     from metaxl_core.train import run_trial  # noqa: E402
 
     out.mkdir(parents=True, exist_ok=True)
-    uri = args.mlflow_uri or f"sqlite:///{out.resolve() / 'mlflow.db'}"
     client, experiment_id = open_experiment(uri, preset["name"])
-    done = {}
-    for r in client.search_runs([experiment_id], "tags.role = 'bench' and attributes.status = "
-                                "'FINISHED'", max_results=50000):
-        done[r.data.tags.get("run_key")] = r
+    done = finished_runs(client, experiment_id)
     todo = [] if args.export_only else \
         [r for i, r in enumerate(runs) if r["key"] not in done and i % shards == shard]
     logged = sum(r["key"] in done for r in runs)
@@ -320,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path}: {len(summary['runs'])} runs ({failures} failed this time) in "
           f"{format_duration(time.time() - started)}", flush=True)
     return 1 if failures else 0
+
+
+def finished_runs(client, experiment_id: str) -> dict:
+    """run_key -> the experiment's FINISHED bench run with that key."""
+    return {r.data.tags.get("run_key"): r for r in client.search_runs(
+        [experiment_id], "tags.role = 'bench' and attributes.status = 'FINISHED'",
+        max_results=50000)}
 
 
 def _history(client, run_id: str) -> list[dict]:

@@ -568,8 +568,9 @@ def setting_of(run: dict, preset_run: dict) -> str:
 def probe_versus_preset(probe_records: list[dict], records: list[dict]) -> list[dict]:
     """Bench runs of another experiment (a probe: rows of this experiment's preset with a
     setting changed) against this experiment's runs of the same task, target, source and
-    method: one row per changed setting, test F1 × 100 paired by seed. Probe runs of a cell
-    this experiment lacks are left out with a warning."""
+    method: one row per changed setting, test F1 × 100 paired by seed. A method other than JT
+    is also set against the probe's JT runs of its row and setting (`vs_joint`, None without
+    them). Probe runs of a cell this experiment lacks are left out with a warning."""
     preset: dict[tuple, list[dict]] = {}
     for r in records:
         if r["role"] == "bench" and not r["grid"]:
@@ -595,6 +596,12 @@ def probe_versus_preset(probe_records: list[dict], records: list[dict]) -> list[
                      "setting": setting, "probe": mean_std(list(probe.values())),
                      "probe_seeds": probe, "preset": mean_std(list(base.values())),
                      "preset_seeds": base, "paired": paired_difference(probe, base)})
+    joint = {(r["task"], r["target"], r["source"], r["setting"]): r["probe_seeds"]
+             for r in rows if r["method"] == "joint"}
+    for row in rows:
+        jt = joint.get((row["task"], row["target"], row["source"], row["setting"]))
+        row["vs_joint"] = (paired_difference(row["probe_seeds"], jt)
+                           if jt and row["method"] != "joint" else None)
     return rows
 
 
@@ -602,15 +609,17 @@ def probe_lines(rows: list[dict], probe: str, plot: str) -> list[str]:
     """Markdown for `probe_versus_preset`'s rows."""
     lines = [f"## Beyond the preset (experiment `{probe}`)", "",
              "Rows of this report run again with settings changed; test F1 × 100, mean ± std "
-             "(n seeds). Δ = changed − preset paired over the seeds both have: mean [95% bootstrap "
-             "CI], sign-flip p (n).", "",
-             "| row | method | changed setting | its test F1 | the preset's | Δ changed − preset |",
-             "|" + "---|" * 6]
+             "(n seeds). Δ = changed − preset, and the method − JT with the same setting, paired "
+             "over the seeds both have: mean [95% bootstrap CI], sign-flip p (n).", "",
+             "| row | method | changed setting | its test F1 | the preset's | Δ changed − preset "
+             "| Δ method − JT, both changed |",
+             "|" + "---|" * 7]
     for row in rows:
+        vs_joint = "" if row["method"] == "joint" else fmt_paired(row["vs_joint"])
         lines.append(f"| {row_label(row)} | {title_of(row['method'])} | {row['setting']} | "
                      f"{fmt_cell(row['probe'])} (n={row['probe']['n']}) | "
                      f"{fmt_cell(row['preset'])} (n={row['preset']['n']}) | "
-                     f"{fmt_paired(row['paired'])} |")
+                     f"{fmt_paired(row['paired'])} | {vs_joint} |")
     return lines + ["", f"![beyond the preset]({plot})", ""]
 
 
@@ -735,7 +744,8 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
         probe_exp = find_experiment(probe_client, probe[1], probe[0])
         rows = probe_versus_preset(read_runs(probe_client, probe_exp.experiment_id), records)
         path = out / "probe_vs_preset.png"
-        plot_against([(f"{row_label(r)}\n{r['setting']}", r["preset_seeds"], r["probe_seeds"])
+        plot_against([(f"{row_label(r)}, {title_of(r['method'])}\n{r['setting']}",
+                       r["preset_seeds"], r["probe_seeds"])
                       for r in rows], ("the preset", "setting changed"), "Beyond the preset",
                      path)
         md += probe_lines(rows, probe_exp.name, path.name)

@@ -83,3 +83,29 @@ def test_the_export_keeps_runs_of_different_configurations_apart(tmp_path):
         assert row["test/f1"]["mean"] == pytest.approx(sum(mine) / 2)
     assert all("seed" not in r["trial"] for r in summary["runs"])  # one trial per entry
     assert len({tuple(sorted(r["trial"].items())) for r in summary["runs"]}) == 2
+
+
+def test_the_dry_run_marks_the_runs_already_logged(tmp_path, capsys):
+    """--dry-run lists every run and says which are in MLflow already (what a resumed grid
+    skips); without a store it lists them all as to run and creates nothing."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    preset = _preset()
+    preset_path = tmp_path / "p.yaml"
+    preset_path.write_text(yaml.safe_dump(preset), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["--preset", str(preset_path), "--out", str(out), "--dry-run"]
+    assert grid.main(args) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[-1].startswith("12 runs, 0 already in MLflow") and not out.exists()
+    runs = grid.plan_runs(preset)
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment_id = client.create_experiment("t")
+    for run, status in [(runs[3], "FINISHED"), (runs[5], "FAILED")]:
+        logged = client.create_run(experiment_id, tags=grid.run_tags(run, "t"))
+        client.set_terminated(logged.info.run_id, status)
+    assert grid.main(args) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[-1].startswith("12 runs, 1 already in MLflow")
+    assert [line.split()[1] for line in listed if line.endswith("(logged)")] == [runs[3]["key"]]

@@ -290,12 +290,22 @@ def test_probe_sets_each_changed_setting_against_the_preset_paired_by_seed(store
     log(probe_id, en, "joint", 1, 0.45, epochs=4)
     log(probe_id, en, "joint", 2, 0.47, epochs=4)
     log(probe_id, "ner:masakhaner2:xho", "joint", 1, 0.99, freeze_layers=6)  # no preset row
+    log(probe_id, en, "metaxl", 1, 0.47, freeze_layers=6)  # against JT's 49 and 48 at depth 6
+    log(probe_id, en, "metaxl", 2, 0.45, freeze_layers=6)
+    log(probe_id, en, "metaxl", 1, 0.35, lr=1e-3)  # no JT run with this setting
     out = tmp_path / "out"
     report_lib.main(["--mlflow-uri", store_uri, "--experiment", "probe-preset", "--out", str(out),
                      "--probe", store_uri, "probe-probe"])
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    rows = {r["setting"]: r for r in data["probe_vs_preset"]["rows"]}
+    rows = {r["setting"]: r for r in data["probe_vs_preset"]["rows"] if r["method"] == "joint"}
     assert list(rows) == ["epochs 4", "freeze_layers 6"]
+    assert all(r["vs_joint"] is None for r in rows.values())
+    metaxl = {r["setting"]: r for r in data["probe_vs_preset"]["rows"] if r["method"] == "metaxl"}
+    assert metaxl["freeze_layers 6"]["paired"]["mean"] == pytest.approx(16.0)  # vs preset's 30
+    # MetaXL - JT within the probe, seed by seed: (47 - 49 + 45 - 48) / 2
+    vs_joint = metaxl["freeze_layers 6"]["vs_joint"]
+    assert vs_joint["n"] == 2 and vs_joint["mean"] == pytest.approx(-2.5)
+    assert metaxl["lr 0.001"]["vs_joint"] is None
     deeper, longer = rows["freeze_layers 6"], rows["epochs 4"]
     assert (deeper["source"], deeper["method"]) == (en, "joint")
     assert deeper["probe"]["mean"] == pytest.approx(48.0)
@@ -306,6 +316,8 @@ def test_probe_sets_each_changed_setting_against_the_preset_paired_by_seed(store
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| zul ← en | joint (JT) | freeze_layers 6 | 48.0 ± 1.0 (n=3) | 44.0 ± 2.0 (n=3) | " \
            "+4.0 [" in md
+    assert ("| zul ← en | MetaXL exact | freeze_layers 6 | 46.0 ± 1.4 (n=2) | 30.0 ± 0.0 (n=3) | "
+            "+16.0 [+15.0, +17.0], p 0.500 (n=2) | -2.5 [-3.0, -2.0], p 0.500 (n=2) |") in md
     assert _png_size(out / "probe_vs_preset.png")[0] > 5_000
 
 
@@ -349,7 +361,7 @@ def test_the_readme_results_tables_state_the_committed_report():
         return float(text.replace("−", "-"))
 
     probe_rows = {(row["target"].rsplit(":", 1)[1], row["source"].rsplit(":", 1)[1],
-                   row["setting"]): row
+                   row["method"], row["setting"]): row
                   for row in (report.get("probe_vs_preset") or {}).get("rows", [])}
 
     def check_row(row: dict, cells: dict, scores: dict, gains: dict) -> int:
@@ -381,12 +393,13 @@ def test_the_readme_results_tables_state_the_committed_report():
                                  {"its test F1": "sweep", "default": "default"},
                                  {"best − default": "paired", "re-runs only": "paired_reruns"})
             continue
-        if header and header[0].startswith("JT beyond the preset") and "←" in cells[0]:
+        if header and header[0].startswith("Beyond the preset") and "←" in cells[0]:
             named = dict(zip(header, cells, strict=True))
-            pair = tuple(s.strip() for s in cells[0].split("←"))
-            checked += check_row(probe_rows[(*pair, named["changed setting"])], named,
+            key = (*(s.strip() for s in cells[0].split("←")), README_COLUMNS[named["method"]],
+                   named["changed setting"])
+            checked += check_row(probe_rows[key], named,
                                  {"its test F1": "probe", "the preset": "preset"},
-                                 {"changed − preset": "paired"})
+                                 {"changed − preset": "paired", "MetaXL − JT": "vs_joint"})
             probe_checked += 1
             continue
         if "←" not in cells[0]:
@@ -410,4 +423,4 @@ def test_the_readme_results_tables_state_the_committed_report():
             else:
                 assert cell in ("–", ""), f"README results cell not understood: {cell!r} in {line}"
     assert checked >= 10, "the README's results tables were not found"
-    assert probe_checked or not probe_rows, "the README has no 'JT beyond the preset' table"
+    assert probe_checked or not probe_rows, "the README has no 'Beyond the preset' table"
