@@ -43,6 +43,14 @@ Resuming: each run carries the tag `run_key` = task|target|source|method|seed|co
 hash of the TrialConfig fields that differ from their defaults, and of the test subset); a run
 whose key is already in the experiment as FINISHED is skipped, so an interrupted benchmark
 continues where it stopped (a changed preset field changes the hash and reruns).
+
+Restoring: `results.json` (written at the end of every call, or by --export-only) holds every
+run's scores, dev curve and code commit. `--restore FILE` logs those runs back into a store
+that lacks them (a new machine, a lost runs/ folder), under this preset's run keys, so the grid
+skips them and the report reads them as before:
+
+    python sweeps/grid.py --preset sweeps/grids/cpu-fidelity.yaml \
+        --restore results/fidelity/transfer_results.json --dry-run       # what it would log
 """
 
 from __future__ import annotations
@@ -213,8 +221,12 @@ def run_tags(run: dict, preset_name: str) -> dict:
             "source": run["source"] or "none", "source_lang": lang(run["source"]),
             "method": run["method"], "base_method": cfg.method,
             "hypergradient": cfg.hypergradient, "seed": str(run["seed"]),
-            "encoder": cfg.encoder, "grid": run["grid"],
-            "test_subset": Path(cfg.split_index_file).name if cfg.split_index_file else "full"}
+            "encoder": cfg.encoder, "grid": run["grid"], "test_subset": test_subset(cfg)}
+
+
+def test_subset(cfg: TrialConfig) -> str:
+    """The test split a run scores: "full", or the name of its split-index file."""
+    return Path(cfg.split_index_file).name if cfg.split_index_file else "full"
 
 
 def format_duration(seconds: float) -> str:
@@ -249,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads per process (1 is the most robust "
                    "on a shared CPU)")
     p.add_argument("--export-only", action="store_true", help="only write results.json")
+    p.add_argument("--restore", action="append", default=[], metavar="RESULTS_JSON",
+                   help="log the runs of an earlier results.json that the store lacks (each must "
+                   "be a run of this preset), then go on as usual; repeatable")
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs, marking those already in MLflow, and exit")
     args = p.parse_args(argv)
@@ -270,21 +285,33 @@ def main(argv: list[str] | None = None) -> int:
     from sweeps.mlflow_store import log_results, open_experiment  # noqa: E402 (heavy imports)
 
     uri = args.mlflow_uri or f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    try:  # every file read and matched before anything is logged
+        restoring = [(path, restorable(path, runs)) for path in args.restore]
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.dry_run:
         try:
             done = finished_runs(*open_experiment(uri, preset["name"], create=False))
         except ConfigError as err:  # no store or experiment yet: nothing logged
             print(f"(nothing logged: {err})", file=sys.stderr)
             done = {}
+        restored = {run["key"] for _, pairs in restoring for run, _ in pairs} - set(done)
         for i, r in enumerate(runs, 1):
-            print(f"{i:4d} {r['key']}{'  (logged)' if r['key'] in done else ''}")
-        print(f"{len(runs)} runs, {sum(r['key'] in done for r in runs)} already in MLflow -> {out}")
+            mark = "  (logged)" if r["key"] in done else "  (restored)" if r["key"] in restored else ""
+            print(f"{i:4d} {r['key']}{mark}")
+        print(f"{len(runs)} runs, {sum(r['key'] in done for r in runs)} already in MLflow"
+              f"{f', {len(restored)} to restore' if args.restore else ''} -> {out}")
         return 0
 
     from metaxl_core.train import run_trial  # noqa: E402
 
     out.mkdir(parents=True, exist_ok=True)
     client, experiment_id = open_experiment(uri, preset["name"])
+    for path, pairs in restoring:
+        logged = restore_runs(client, experiment_id, preset["name"], pairs)
+        print(f"{path}: {logged} of its {len(pairs)} runs restored "
+              f"({len(pairs) - logged} already in MLflow)", flush=True)
     done = finished_runs(client, experiment_id)
     todo = [] if args.export_only else \
         [r for i, r in enumerate(runs) if r["key"] not in done and i % shards == shard]
@@ -333,6 +360,79 @@ def finished_runs(client, experiment_id: str) -> dict:
         max_results=50000)}
 
 
+def restorable(path: str | Path, runs: list[dict]) -> list[tuple[dict, dict]]:
+    """(planned run, exported record) for every record of the results.json at `path`, matched
+    by task, target, source, method, seed, trial fields (where the data lives aside) and test
+    subset. ConfigError naming the file and the record when it cannot be read or a record is no
+    run of this plan (another preset, or one changed since)."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not a grid results.json ({type(err).__name__}: {err})") from None
+
+    def identity(task, target, source, method, seed, trial, test_subset) -> str:
+        trial = {k: v for k, v in trial.items() if k not in ("seed", "data_root")}
+        return json.dumps([task, target, source, method, int(seed), trial, test_subset],
+                          sort_keys=True)
+    planned = {identity(r["task"], r["target"], r["source"] or "none", r["method"], r["seed"],
+                        changed_fields(r["config"]), test_subset(r["config"])): r for r in runs}
+    pairs = []
+    for i, rec in enumerate(records):
+        try:
+            missing = [k for k in ("run_id", "final", "history", "best_epoch") if k not in rec]
+            if missing:
+                raise KeyError(", ".join(missing))
+            key = identity(rec["task"], rec["target"], rec["source"], rec["method"], rec["seed"],
+                           rec["trial"], rec.get("test_subset", "full"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ConfigError(f"{path}: runs[{i}] is not a grid run record ({type(err).__name__}: "
+                              f"{err})") from None
+        if key not in planned:
+            raise ConfigError(
+                f"{path}: runs[{i}] ({rec['method']} {lang(rec['source'])} -> "
+                f"{lang(rec['target'])} seed {rec['seed']}, trial {rec['trial']}) is no run of "
+                "this preset: restore it with the preset it was run with")
+        pairs.append((planned[key], rec))
+    return pairs
+
+
+def restore_runs(client, experiment_id: str, preset_name: str,
+                 pairs: list[tuple[dict, dict]]) -> int:
+    """Log each exported record whose run key the experiment lacks as a FINISHED bench run,
+    tagged with the run it came from (`restored_from_run`) and its code commit when the export
+    kept it; returns how many were logged."""
+    from sweeps.mlflow_store import log_results
+
+    done = finished_runs(client, experiment_id)
+    logged = 0
+    for run, rec in pairs:
+        if run["key"] in done:
+            continue
+        results = {"config": run["config"].to_dict(), "history": rec["history"],
+                   "evaluations": rec.get("evaluations", []), "final": rec["final"],
+                   "best_epoch": rec["best_epoch"], "wall_time_s": rec.get("wall_time_s") or 0.0}
+        tags = {**{k: v for k, v in run_tags(run, preset_name).items() if k not in code_version()},
+                **rec.get("code", {}), "restored_from_run": rec["run_id"]}
+        log_results(client, experiment_id, results, tags,
+                    run_name=f"{run['method']}-{lang(run['source'])}-{lang(run['target'])}-s{run['seed']}")
+        done[run["key"]] = True
+        logged += 1
+    return logged
+
+
+def _evaluations(client, run_id: str) -> list[dict]:
+    """Every dev evaluation of a run (its dev curve by update), from its results.json artifact;
+    [] for a run without one."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            saved = Path(client.download_artifacts(run_id, "results.json", tmp))
+            return json.loads(saved.read_text(encoding="utf-8")).get("evaluations", [])
+        except Exception:  # noqa: BLE001 (no artifact: no curve by update)
+            return []
+
+
 def _history(client, run_id: str) -> list[dict]:
     """dev/test F1 per epoch of one run."""
     by_epoch: dict[int, dict] = {}
@@ -367,7 +467,9 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
             "final": {k[len("final/"):]: v for k, v in sorted(metrics.items())
                       if k.startswith("final/")},
             "wall_time_s": metrics.get("wall_time_s"),
-            "history": _history(client, r.info.run_id)})
+            "code": {k: tags[k] for k in ("mlflow.source.git.commit", "code_dirty") if k in tags},
+            "history": _history(client, r.info.run_id),
+            "evaluations": _evaluations(client, r.info.run_id)})
     def configuration(rec: dict) -> tuple:  # what the seeds of one aggregate row share
         return (rec["task"], rec["target"], rec["source"], rec["method"], rec["grid"],
                 json.dumps(rec["trial"], sort_keys=True))

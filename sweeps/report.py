@@ -27,7 +27,9 @@ Outputs (fixed names under --out; `<task>` is ner or sentiment):
     <task>_curves.png         dev F1 per epoch (mean ± std over seeds) per method, one target
     <task>_curves_all.png     the same, one panel per (target, source) row (when several)
     <task>_sensitivity.png    dev F1 against the grid value (grid runs only)
-    sweep_vs_default.png      with --sweep: "does the sweep pay?", a dot per seed
+    sweep_vs_default.md/.json/.png   with --sweep: "does the sweep pay?" (a dot per seed in
+                              the plot); files of their own, left as they are by a rebuild
+                              without --sweep
     probe_vs_preset.png       with --probe: each changed setting against the preset
 Scores are shown as F1 x 100.
 """
@@ -298,27 +300,38 @@ def plot_heatmap(task: str, rows: list[dict], path: Path) -> bool:
     return True
 
 
+EPOCH_SHARE = "share of training (epoch ends)"
+
+
 def curves(client: MlflowClient, records: list[dict], task: str, target: str,
            source: str) -> tuple[dict, str]:
-    """({method: {x: [dev f1 per seed]}}, x's unit): every dev evaluation by update from the
-    runs' results.json (`evaluations`), else dev F1 per epoch from the metric histories."""
-    out: dict[str, dict[int, list[float]]] = {}
-    unit = "update"
+    """({method: {x: [dev F1 × 100 per seed]}}, x's unit) of one row: by update, from every dev
+    evaluation in the runs' results.json (`evaluations`). When a run of the row has none (a
+    sweep trial, or a run restored from an export made before exports kept them), every run of
+    the row is drawn at its epoch ends instead, as a share of its training (epoch / epochs), so
+    one row never mixes the two and methods run for different epochs stay comparable."""
+    runs = [r for r in records if (r["task"], r["target"], r["source"], r["grid"]) ==
+            (task, target, source, "")]
+    points: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in records:
-            if (r["task"], r["target"], r["source"], r["grid"]) != (task, target, source, ""):
-                continue
+        for r in runs:
             try:
                 saved = json.loads(Path(client.download_artifacts(r["run_id"], "results.json", tmp))
                                    .read_text(encoding="utf-8"))
             except Exception:  # no artifact (a sweep trial): the per-epoch metrics below
                 saved = {}
-            points = [(e["step"], e["dev/f1"]) for e in saved.get("evaluations", [])]
-            if not points:
-                unit = "epoch"
-                points = [(m.step, m.value) for m in client.get_metric_history(r["run_id"], "dev/f1")]
-            for x, value in points:
-                out.setdefault(r["method"], {}).setdefault(int(x), []).append(value * 100)
+            points[r["run_id"]] = [(e["step"], e["dev/f1"]) for e in saved.get("evaluations", [])]
+    unit = "update"
+    if not all(points.values()):
+        unit = EPOCH_SHARE
+        for r in runs:
+            epochs = float(r["params"].get("epochs") or 1)
+            points[r["run_id"]] = [(m.step / epochs, m.value) for m in
+                                   client.get_metric_history(r["run_id"], "dev/f1")]
+    out: dict[str, dict[float, list[float]]] = {}
+    for r in runs:
+        for x, value in points[r["run_id"]]:
+            out.setdefault(r["method"], {}).setdefault(x, []).append(value * 100)
     return out, unit
 
 
@@ -338,9 +351,9 @@ def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> Non
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
     _draw_curves(ax, data)
     ax.set_xlabel(unit)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=unit != EPOCH_SHARE))
     ax.set_ylabel("dev F1 × 100")
-    ax.set_title(f"{task} {label}: dev F1 per {unit} (mean ± std over seeds)", fontsize=9)
+    ax.set_title(f"{task} {label}: dev F1 by {unit} (mean ± std over seeds)", fontsize=9)
     _save_line_plot(fig, ax, path)
 
 
@@ -736,9 +749,15 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
                        r["sweep_seeds"]) for r in rows],
                      ("default configuration", "sweep's best configuration"),
                      "Does the sweep pay?", path)
-        md += sweep_pays_lines(rows, sweep_exp.name, path.name)
-        report["sweep_vs_default"] = {"sweep": sweep_exp.name, "tracking_uri": sweep[0],
-                                      "rows": rows}
+        # files of their own: a sweep's store is seldom kept as long as the grid's runs, so a
+        # later rebuild without --sweep leaves them as they are
+        write_atomic(out / "sweep_vs_default.md",
+                     "\n".join(sweep_pays_lines(rows, sweep_exp.name, path.name)))
+        write_atomic(out / "sweep_vs_default.json", json.dumps(
+            {"sweep": sweep_exp.name, "tracking_uri": sweep[0], "rows": rows}, indent=2,
+            sort_keys=True))
+        md += ["## Does the sweep pay?", "", f"See [sweep_vs_default.md](sweep_vs_default.md) "
+               f"(sweep `{sweep_exp.name}`).", ""]
     if probe:
         probe_client = MlflowClient(tracking_uri=probe[0])
         probe_exp = find_experiment(probe_client, probe[1], probe[0])

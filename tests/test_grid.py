@@ -109,3 +109,70 @@ def test_the_dry_run_marks_the_runs_already_logged(tmp_path, capsys):
     listed = capsys.readouterr().out.splitlines()
     assert listed[-1].startswith("12 runs, 1 already in MLflow")
     assert [line.split()[1] for line in listed if line.endswith("(logged)")] == [runs[3]["key"]]
+
+
+def test_a_lost_store_is_restored_from_the_exported_results(tmp_path, capsys):
+    """A store written by the grid, exported (results.json), then lost: --restore logs every
+    exported run back into a new store under this preset's run keys (so the grid skips them),
+    with its scores, history, dev curve and code commit; restoring twice logs nothing more; a
+    record of another configuration fails with its file and index before anything is logged."""
+    import json
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.mlflow_store import log_results
+
+    preset = _preset()
+    preset_path = tmp_path / "p.yaml"
+    preset_path.write_text(yaml.safe_dump(preset), encoding="utf-8")
+    runs = grid.plan_runs(preset)
+    first = MlflowClient(f"sqlite:///{tmp_path / 'lost.db'}")
+    experiment_id = first.create_experiment("t")
+    for i, run in enumerate(runs[:3]):
+        history = [{"epoch": e, "dev/f1": 0.1 * i + 0.01 * e, "train/loss": 1.0 / e}
+                   for e in (1, 2, 3)]
+        log_results(first, experiment_id, {
+            "config": run["config"].to_dict(), "history": history, "best_epoch": 3,
+            "evaluations": [{"step": 5 * e, "epoch": e, "dev/f1": h["dev/f1"]}
+                            for e, h in enumerate(history, 1)],
+            "final": {"dev/f1": 0.1 * i + 0.03, "test/f1": 0.2 + i / 10, "test/acc": 0.5},
+            "wall_time_s": 10.0 + i}, grid.run_tags(run, "t"))
+    exported = grid.export_results(first, experiment_id, preset, runs, "lost")
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps(exported), encoding="utf-8")
+
+    out = tmp_path / "new"
+    args = ["--preset", str(preset_path), "--out", str(out), "--restore", str(saved)]
+    assert grid.main([*args, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("12 runs, 0 already in MLflow, "
+                                                               "3 to restore")
+    assert grid.main([*args, "--export-only"]) == 0
+    assert f"{saved}: 3 of its 3 runs restored" in capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    new_id = client.get_experiment_by_name("t").experiment_id
+    assert sorted(grid.finished_runs(client, new_id)) == sorted(r["key"] for r in runs[:3])
+    again = grid.export_results(client, new_id, preset, runs, "new")
+
+    def comparable(record):
+        return {k: v for k, v in record.items() if k != "run_id"}
+    assert sorted(map(comparable, again["runs"]), key=json.dumps) == sorted(
+        map(comparable, exported["runs"]), key=json.dumps)
+    assert again["aggregate"] == exported["aggregate"]
+    assert {r["run_id"] for r in exported["runs"]} == {
+        r.data.tags["restored_from_run"] for r in client.search_runs([new_id])}
+    assert grid.main([*args, "--export-only"]) == 0
+    assert f"{saved}: 0 of its 3 runs restored (3 already in MLflow)" in capsys.readouterr().out
+
+    exported["runs"][1]["trial"]["epochs"] = 7  # a run of another configuration
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(exported), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    assert grid.main(["--preset", str(preset_path), "--out", str(elsewhere),
+                      "--restore", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert str(other) in err and "runs[1]" in err and "no run of this preset" in err
+    assert not elsewhere.exists()  # nothing logged, not even a store
+    other.write_text("{not json", encoding="utf-8")
+    assert grid.main([*args, "--restore", str(other)]) == 2
+    assert f"{other}: not a grid results.json" in capsys.readouterr().err

@@ -47,7 +47,7 @@ def _results(task, target, source, method, test_f1, epochs=2):
     evaluations = [{"step": 50 * e, "epoch": e, "dev/f1": row["dev/f1"]}
                    for e, row in enumerate(history, 1)] if task == "sentiment" else []
     return {"config": {"task": task, "target": target, "source": source, "method": base,
-                       "encoder": "tiny-bert",
+                       "encoder": "tiny-bert", "epochs": epochs,
                        "hypergradient": "truncated" if method == "metaxl_trunc" else "exact"},
             "history": history, "evaluations": evaluations, "best_epoch": epochs,
             "final": {"dev/f1": test_f1 + 0.01, "test/f1": test_f1}, "wall_time_s": 1.0}
@@ -95,6 +95,31 @@ def bench_store(store_uri):
     return uri
 
 
+def test_a_row_whose_runs_did_not_all_keep_their_evaluations_is_drawn_at_epoch_ends(store_uri):
+    """One run with its dev evaluations by update, one without (restored from an old export),
+    a third with twice the epochs: the row is drawn at epoch ends as a share of each run's
+    training, every run in it, never by update for some runs and by epoch for others."""
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("mixed-curves")
+    row = ("ner", "ner:masakhaner2:lug", "ner:conll2003:en")
+    for seed, (method, epochs, keep) in enumerate(
+            [("joint", 2, True), ("joint", 2, False), ("target_only", 4, True)], 1):
+        results = _results(*row, method, 0.5 + seed / 100, epochs=epochs)
+        if keep:
+            results["evaluations"] = [{"step": 50 * e, "epoch": e, "dev/f1": h["dev/f1"]}
+                                      for e, h in enumerate(results["history"], 1)]
+        log_results(client, experiment_id, results, {"role": "bench", "method": method,
+                                                     "source": row[2], "seed": seed})
+    records = report_lib.read_runs(client, experiment_id)
+    data, unit = report_lib.curves(client, records, *row)
+    assert unit == report_lib.EPOCH_SHARE
+    assert sorted(data["joint"]) == [0.5, 1.0] and len(data["joint"][1.0]) == 2
+    assert sorted(data["target_only"]) == [0.25, 0.5, 0.75, 1.0]
+    kept = [r for r in records if r["method"] == "target_only"]
+    data, unit = report_lib.curves(client, kept, *row)
+    assert unit == "update" and sorted(data["target_only"]) == [50, 100, 150, 200]
+
+
 def test_bench_report_tables_gains_and_plots(bench_store, tmp_path):
     out = tmp_path / "report"
     report_lib.main(["--mlflow-uri", bench_store, "--experiment", "bench-test", "--out", str(out),
@@ -130,10 +155,11 @@ def test_bench_report_tables_gains_and_plots(bench_store, tmp_path):
         100 * (np.mean(VALUES[("ner", "ner:masakhaner2:yor", "ner:masakhaner2:ibo")]["metaxl"])
                - np.mean(VALUES[("ner", "ner:masakhaner2:yor", "ner:masakhaner2:ibo")]["joint"])))
     assert data["tasks"]["ner"]["curves"]["target"] == "ner:masakhaner2:yor"
-    assert data["tasks"]["ner"]["curves"]["unit"] == "epoch"  # these runs saved no evaluations
+    # these runs saved no evaluations: epoch ends, as a share of the run's 2 epochs
+    assert data["tasks"]["ner"]["curves"]["unit"] == report_lib.EPOCH_SHARE
     sentiment = data["tasks"]["sentiment"]["curves"]
     assert sentiment["unit"] == "update" and sorted(sentiment["dev_f1"]["joint"]) == ["100", "50"]
-    assert data["tasks"]["ner"]["curves"]["dev_f1"]["joint"]["2"] == pytest.approx(
+    assert data["tasks"]["ner"]["curves"]["dev_f1"]["joint"]["1.0"] == pytest.approx(
         [100 * (v + 0.01) for v in VALUES[("ner", "ner:masakhaner2:yor", "ner:conll2003:en")]
          ["joint"]])
     for name in ("ner_bars.png", "ner_gain_heatmap.png", "ner_curves.png", "ner_curves_all.png",
@@ -248,8 +274,8 @@ def test_does_the_sweep_pay_pairs_the_best_configuration_with_the_default(store_
     out = tmp_path / "out"
     report_lib.main(["--mlflow-uri", store_uri, "--experiment", "pays-grid", "--out", str(out),
                      "--sweep", store_uri, "pays-sweep"])
-    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    (row,) = data["sweep_vs_default"]["rows"]
+    data = json.loads((out / "sweep_vs_default.json").read_text(encoding="utf-8"))
+    (row,) = data["rows"]
     assert (row["trials"], row["finished"], row["best"]["trial_id"]) == (3, 2, "t1")
     assert row["sweep_seeds"] == pytest.approx({"1": 53.0, "2": 56.0, "3": 54.0})
     assert row["default_seeds"] == pytest.approx({"1": 50.0, "2": 52.0, "3": 48.0})
@@ -257,7 +283,8 @@ def test_does_the_sweep_pay_pairs_the_best_configuration_with_the_default(store_
     assert row["paired"]["n"] == 3 and row["paired"]["p"] == pytest.approx(2 / 8)
     # the best trial's own seed (1) won the selection on dev: also the re-runs alone
     assert row["paired_reruns"]["n"] == 2 and row["paired_reruns"]["mean"] == pytest.approx(5.0)
-    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "sweep_vs_default.md" in (out / "report.md").read_text(encoding="utf-8")
+    md = (out / "sweep_vs_default.md").read_text(encoding="utf-8")
     assert ("| lug | MetaXL exact | 3 (2) | ← en, RTN 64 after layer 10, lr 5.0e-04, "
             "meta_lr 2.0e-05 | 54.3 ± 1.5 (n=3) | 50.0 ± 2.0 (n=3) (← en) | +4.3 [+3.0, +6.0], "
             "p 0.250 (n=3) | +5.0 [+4.0, +6.0], p 0.500 (n=2) |") in md
@@ -354,8 +381,8 @@ def test_the_readme_results_tables_state_the_committed_report():
             assert pair not in rows, pair
             rows[pair] = row
     number = r"\+?([−-]?\d+\.\d)"
-    sweep_rows = {row["target"].rsplit(":", 1)[1]: row
-                  for row in (report.get("sweep_vs_default") or {}).get("rows", [])}
+    sweep = json.loads((PROJECT_ROOT / "results" / "fidelity" / "sweep_vs_default.json").read_text())
+    sweep_rows = {row["target"].rsplit(":", 1)[1]: row for row in sweep["rows"]}
 
     def value(text):
         return float(text.replace("−", "-"))
