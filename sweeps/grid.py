@@ -272,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         preset = load_preset(args.preset)
         out = Path(args.out or preset.get("output_dir") or f"runs/grids/{preset['name']}")
         runs = plan_runs(preset, args.data_root, out)
+        if args.restore and args.shard[1] > 1:
+            raise ConfigError("--restore with --shard: restore once (with --export-only), then "
+                              "start the shards")
+        # every file read and checked against the whole plan before anything is logged
+        restoring = [(path, restorable(path, runs)) for path in args.restore]
     except MetaXLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -285,18 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     from sweeps.mlflow_store import log_results, open_experiment  # noqa: E402 (heavy imports)
 
     uri = args.mlflow_uri or f"sqlite:///{out.resolve() / 'mlflow.db'}"
-    try:  # every file read and matched before anything is logged
-        restoring = [(path, restorable(path, runs)) for path in args.restore]
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     if args.dry_run:
         try:
             done = finished_runs(*open_experiment(uri, preset["name"], create=False))
         except ConfigError as err:  # no store or experiment yet: nothing logged
             print(f"(nothing logged: {err})", file=sys.stderr)
             done = {}
-        restored = {run["key"] for _, pairs in restoring for run, _ in pairs} - set(done)
+        restored = {run["key"] for _, pairs in restoring for run, _, _ in pairs} - set(done)
         for i, r in enumerate(runs, 1):
             mark = "  (logged)" if r["key"] in done else "  (restored)" if r["key"] in restored else ""
             print(f"{i:4d} {r['key']}{mark}")
@@ -360,13 +360,16 @@ def finished_runs(client, experiment_id: str) -> dict:
         max_results=50000)}
 
 
-def restorable(path: str | Path, runs: list[dict]) -> list[tuple[dict, dict]]:
-    """(planned run, exported record) for every record of the results.json at `path`, matched
-    by task, target, source, method, seed, trial fields (where the data lives aside) and test
-    subset. ConfigError naming the file and the record when it cannot be read or a record is no
-    run of this plan (another preset, or one changed since)."""
+def restorable(path: str | Path, runs: list[dict]) -> list[tuple[dict, dict, dict]]:
+    """(planned run, its `run_trial`-style results, the tags it keeps) for every record of the
+    results.json at `path`, matched by task, target, source, method, seed, trial fields (where
+    the data lives aside) and test subset. ConfigError naming the file and the record when it
+    cannot be read, a record is malformed or no run of this plan (another preset, or one
+    changed since), or two records are one run: all checked before anything is logged."""
     try:
         records = json.loads(Path(path).read_text(encoding="utf-8"))["runs"]
+        if not isinstance(records, list):
+            raise TypeError("'runs' is not a list")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: not a grid results.json ({type(err).__name__}: {err})") from None
 
@@ -376,14 +379,21 @@ def restorable(path: str | Path, runs: list[dict]) -> list[tuple[dict, dict]]:
                           sort_keys=True)
     planned = {identity(r["task"], r["target"], r["source"] or "none", r["method"], r["seed"],
                         changed_fields(r["config"]), test_subset(r["config"])): r for r in runs}
-    pairs = []
+    found: dict[str, int] = {}
+    restored = []
     for i, rec in enumerate(records):
         try:
-            missing = [k for k in ("run_id", "final", "history", "best_epoch") if k not in rec]
-            if missing:
-                raise KeyError(", ".join(missing))
             key = identity(rec["task"], rec["target"], rec["source"], rec["method"], rec["seed"],
                            rec["trial"], rec.get("test_subset", "full"))
+            results = {
+                "history": [{**row, "epoch": int(row["epoch"])} for row in rec["history"]],
+                "evaluations": [{**e, "step": int(e["step"]), "dev/f1": float(e["dev/f1"])}
+                                for e in rec.get("evaluations", [])],
+                "final": {k: float(v) for k, v in rec["final"].items()},
+                "best_epoch": int(rec["best_epoch"]),
+                "wall_time_s": float(rec.get("wall_time_s") or 0.0)}
+            tags = {**{str(k): str(v) for k, v in rec.get("code", {}).items()},
+                    "restored_from_run": str(rec["run_id"])}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"{path}: runs[{i}] is not a grid run record ({type(err).__name__}: "
                               f"{err})") from None
@@ -392,30 +402,31 @@ def restorable(path: str | Path, runs: list[dict]) -> list[tuple[dict, dict]]:
                 f"{path}: runs[{i}] ({rec['method']} {lang(rec['source'])} -> "
                 f"{lang(rec['target'])} seed {rec['seed']}, trial {rec['trial']}) is no run of "
                 "this preset: restore it with the preset it was run with")
-        pairs.append((planned[key], rec))
-    return pairs
+        if key in found:
+            raise ConfigError(f"{path}: runs[{found[key]}] and runs[{i}] are the same run "
+                              f"({planned[key]['key']})")
+        found[key] = i
+        run = planned[key]
+        restored.append((run, {"config": run["config"].to_dict(), **results}, tags))
+    return restored
 
 
 def restore_runs(client, experiment_id: str, preset_name: str,
-                 pairs: list[tuple[dict, dict]]) -> int:
-    """Log each exported record whose run key the experiment lacks as a FINISHED bench run,
+                 restored: list[tuple[dict, dict, dict]]) -> int:
+    """Log each of `restorable`'s runs whose key the experiment lacks as a FINISHED bench run,
     tagged with the run it came from (`restored_from_run`) and its code commit when the export
     kept it; returns how many were logged."""
     from sweeps.mlflow_store import log_results
 
     done = finished_runs(client, experiment_id)
     logged = 0
-    for run, rec in pairs:
+    for run, results, kept_tags in restored:
         if run["key"] in done:
             continue
-        results = {"config": run["config"].to_dict(), "history": rec["history"],
-                   "evaluations": rec.get("evaluations", []), "final": rec["final"],
-                   "best_epoch": rec["best_epoch"], "wall_time_s": rec.get("wall_time_s") or 0.0}
         tags = {**{k: v for k, v in run_tags(run, preset_name).items() if k not in code_version()},
-                **rec.get("code", {}), "restored_from_run": rec["run_id"]}
+                **kept_tags}
         log_results(client, experiment_id, results, tags,
                     run_name=f"{run['method']}-{lang(run['source'])}-{lang(run['target'])}-s{run['seed']}")
-        done[run["key"]] = True
         logged += 1
     return logged
 
@@ -425,11 +436,13 @@ def _evaluations(client, run_id: str) -> list[dict]:
     [] for a run without one."""
     import tempfile
 
+    from mlflow.exceptions import MlflowException
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             saved = Path(client.download_artifacts(run_id, "results.json", tmp))
             return json.loads(saved.read_text(encoding="utf-8")).get("evaluations", [])
-        except Exception:  # noqa: BLE001 (no artifact: no curve by update)
+        except (MlflowException, OSError, ValueError):  # no artifact: no curve by update
             return []
 
 

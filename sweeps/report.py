@@ -24,7 +24,8 @@ Outputs (fixed names under --out; `<task>` is ner or sentiment):
     report.json               every cell (values per seed, mean, std, n) and gain
     <task>_bars.png           per (target, source) grouped bars, error bars = std over seeds
     <task>_gain_heatmap.png   source x target heatmap of MetaXL - joint (when >1 source)
-    <task>_curves.png         dev F1 per epoch (mean ± std over seeds) per method, one target
+    <task>_curves.png         dev F1 by update (mean ± std over seeds) per method, one target;
+                              at epoch ends where a run of the row kept no evaluations
     <task>_curves_all.png     the same, one panel per (target, source) row (when several)
     <task>_sensitivity.png    dev F1 against the grid value (grid runs only)
     sweep_vs_default.md/.json/.png   with --sweep: "does the sweep pay?" (a dot per seed in
@@ -325,7 +326,7 @@ def curves(client: MlflowClient, records: list[dict], task: str, target: str,
     if not all(points.values()):
         unit = EPOCH_SHARE
         for r in runs:
-            epochs = float(r["params"].get("epochs") or 1)
+            epochs = float(r["params"].get("epochs") or TrialConfig().epochs)
             points[r["run_id"]] = [(m.step / epochs, m.value) for m in
                                    client.get_metric_history(r["run_id"], "dev/f1")]
     out: dict[str, dict[float, list[float]]] = {}

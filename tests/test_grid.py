@@ -161,13 +161,28 @@ def test_a_lost_store_is_restored_from_the_exported_results(tmp_path, capsys):
     assert again["aggregate"] == exported["aggregate"]
     assert {r["run_id"] for r in exported["runs"]} == {
         r.data.tags["restored_from_run"] for r in client.search_runs([new_id])}
-    assert grid.main([*args, "--export-only"]) == 0
+    # --only picks what runs, not what is restored
+    assert grid.main([*args, "--export-only", "--only", "sentiment"]) == 0
     assert f"{saved}: 0 of its 3 runs restored (3 already in MLflow)" in capsys.readouterr().out
+    assert grid.main([*args, "--shard", "0/2"]) == 2
+    assert "--restore with --shard" in capsys.readouterr().err
+
+    elsewhere = tmp_path / "elsewhere"
+    for broken, complaint in [
+            (lambda runs: runs.append(dict(runs[0])), "runs[0] and runs[3] are the same run"),
+            (lambda runs: runs[2]["history"][1].pop("epoch"), "runs[2] is not a grid run record"),
+            (lambda runs: runs[2]["evaluations"][0].pop("dev/f1"), "runs[2] is not a grid run")]:
+        bad = json.loads(json.dumps(exported))
+        broken(bad["runs"])
+        other = tmp_path / "other.json"
+        other.write_text(json.dumps(bad), encoding="utf-8")
+        assert grid.main(["--preset", str(preset_path), "--out", str(elsewhere),
+                          "--restore", str(saved), "--restore", str(other)]) == 2
+        assert complaint in capsys.readouterr().err
+        assert not elsewhere.exists()  # nothing logged, not even the valid file's runs
 
     exported["runs"][1]["trial"]["epochs"] = 7  # a run of another configuration
-    other = tmp_path / "other.json"
     other.write_text(json.dumps(exported), encoding="utf-8")
-    elsewhere = tmp_path / "elsewhere"
     assert grid.main(["--preset", str(preset_path), "--out", str(elsewhere),
                       "--restore", str(other)]) == 2
     err = capsys.readouterr().err
