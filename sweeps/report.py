@@ -11,7 +11,8 @@ Input: the FINISHED runs of one experiment, either
 
 Methods are named by `sweeps.methods.variant_of` (the `method` tag; `metaxl_trunc` and
 `metaxl_identity` for MetaXL runs with the truncated hypergradient or the identity RTN).
-With `--sweep URI EXPERIMENT` the report adds "Does the sweep pay?": each search's best
+With `--sweep URI EXPERIMENT` the report writes "Does the sweep pay?" (sweep_vs_default.md,
+linked from report.md): each search's best
 configuration (re-run over seeds by the sweep's `seeds_per_config`) against this experiment's
 runs of the same method from `--default-source`, paired by seed. With `--probe URI
 EXPERIMENT` it adds "Beyond the preset": a grid re-running some rows with a setting changed
