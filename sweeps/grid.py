@@ -431,21 +431,6 @@ def restore_runs(client, experiment_id: str, preset_name: str,
     return logged
 
 
-def _evaluations(client, run_id: str) -> list[dict]:
-    """Every dev evaluation of a run (its dev curve by update), from its results.json artifact;
-    [] for a run without one."""
-    import tempfile
-
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            saved = Path(client.download_artifacts(run_id, "results.json", tmp))
-            return json.loads(saved.read_text(encoding="utf-8")).get("evaluations", [])
-        except (MlflowException, OSError, ValueError):  # no artifact: no curve by update
-            return []
-
-
 def _history(client, run_id: str) -> list[dict]:
     """dev/test F1 per epoch of one run."""
     by_epoch: dict[int, dict] = {}
@@ -460,6 +445,7 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
     differ from TrialConfig's defaults, but the seed), plus mean +- std over the seeds of each
     configuration: runs of two entries of one (target, source, method) are kept apart."""
     from metaxl_core.selection import mean_std
+    from sweeps.mlflow_store import logged_evaluations
 
     wanted = {r["key"]: r for r in runs}
     records = []
@@ -482,7 +468,7 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
             "wall_time_s": metrics.get("wall_time_s"),
             "code": {k: tags[k] for k in ("mlflow.source.git.commit", "code_dirty") if k in tags},
             "history": _history(client, r.info.run_id),
-            "evaluations": _evaluations(client, r.info.run_id)})
+            "evaluations": logged_evaluations(client, r.info.run_id)})
     def configuration(rec: dict) -> tuple:  # what the seeds of one aggregate row share
         return (rec["task"], rec["target"], rec["source"], rec["method"], rec["grid"],
                 json.dumps(rec["trial"], sort_keys=True))

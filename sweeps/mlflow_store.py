@@ -162,6 +162,17 @@ def log_results(client: MlflowClient, experiment_id: str, results: dict, tags: d
     return run_id
 
 
+def logged_evaluations(client: MlflowClient, run_id: str) -> list[dict]:
+    """Every dev evaluation of a run (its dev curve by update), from the results.json artifact
+    `log_results` wrote; [] for a run without one (a sweep trial, an old restored run)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            saved = Path(client.download_artifacts(run_id, "results.json", tmp))
+            return json.loads(saved.read_text(encoding="utf-8")).get("evaluations", [])
+        except (MlflowException, OSError, ValueError):
+            return []
+
+
 # what loading and running a saved model imports (metaxl_core itself travels as code)
 MODEL_REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "seqeval",
                       "scikit-learn", "pyyaml", "tqdm")

@@ -44,7 +44,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -60,7 +59,7 @@ from metaxl_core.config import TrialConfig, source_label  # noqa: E402
 from metaxl_core.selection import best_trial, mean_std, paired_difference  # noqa: E402
 from sweeps.methods import GAIN_VARIANTS, ordered, title_of, variant_of  # noqa: E402
 from sweeps.grid import WHERE_IT_RUNS  # noqa: E402
-from sweeps.mlflow_store import latest_attempt  # noqa: E402
+from sweeps.mlflow_store import latest_attempt, logged_evaluations  # noqa: E402
 
 TASK_ORDER = ["ner", "sentiment"]
 # secondary test metrics shown as extra tables when the runs logged them (final/test/...);
@@ -314,15 +313,8 @@ def curves(client: MlflowClient, records: list[dict], task: str, target: str,
     one row never mixes the two and methods run for different epochs stay comparable."""
     runs = [r for r in records if (r["task"], r["target"], r["source"], r["grid"]) ==
             (task, target, source, "")]
-    points: dict[str, list] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in runs:
-            try:
-                saved = json.loads(Path(client.download_artifacts(r["run_id"], "results.json", tmp))
-                                   .read_text(encoding="utf-8"))
-            except Exception:  # no artifact (a sweep trial): the per-epoch metrics below
-                saved = {}
-            points[r["run_id"]] = [(e["step"], e["dev/f1"]) for e in saved.get("evaluations", [])]
+    points = {r["run_id"]: [(e["step"], e["dev/f1"])
+                            for e in logged_evaluations(client, r["run_id"])] for r in runs}
     unit = "update"
     if not all(points.values()):
         unit = EPOCH_SHARE
