@@ -354,10 +354,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def finished_runs(client, experiment_id: str) -> dict:
-    """run_key -> the experiment's FINISHED bench run with that key."""
+    """run_key -> the experiment's FINISHED bench run with that key (the newest where one key
+    was logged twice, e.g. by two processes started on overlapping runs)."""
     return {r.data.tags.get("run_key"): r for r in client.search_runs(
         [experiment_id], "tags.role = 'bench' and attributes.status = 'FINISHED'",
-        max_results=50000)}
+        max_results=50000, order_by=["attributes.start_time ASC"])}
 
 
 def restorable(path: str | Path, runs: list[dict]) -> list[tuple[dict, dict, dict]]:
@@ -443,17 +444,17 @@ def _history(client, run_id: str) -> list[dict]:
 def export_results(client, experiment_id: str, preset: dict, runs: list[dict], uri: str) -> dict:
     """Every finished run of the preset with its final metrics and its `trial` (the fields that
     differ from TrialConfig's defaults, but the seed), plus mean +- std over the seeds of each
-    configuration: runs of two entries of one (target, source, method) are kept apart."""
+    configuration: runs of two entries of one (target, source, method) are kept apart, and one
+    run key is one record however often it was logged (`finished_runs`)."""
     from metaxl_core.selection import mean_std
     from sweeps.mlflow_store import logged_evaluations
 
     wanted = {r["key"]: r for r in runs}
     records = []
-    for r in client.search_runs([experiment_id], "tags.role = 'bench' and attributes.status = "
-                                "'FINISHED'", max_results=50000):
-        tags = r.data.tags
-        if tags.get("run_key") not in wanted:
+    for key, r in finished_runs(client, experiment_id).items():
+        if key not in wanted:
             continue
+        tags = r.data.tags
         metrics = r.data.metrics
         trial = changed_fields(wanted[tags["run_key"]]["config"])
         trial.pop("seed", None)

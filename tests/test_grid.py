@@ -85,6 +85,27 @@ def test_the_export_keeps_runs_of_different_configurations_apart(tmp_path):
     assert len({tuple(sorted(r["trial"].items())) for r in summary["runs"]}) == 2
 
 
+def test_a_run_logged_twice_is_exported_once_with_its_newest_scores(tmp_path):
+    """Two processes started on overlapping runs can log one run key twice: the export keeps
+    one record per key (the newest), so no configuration gets an extra seed."""
+    from mlflow.tracking import MlflowClient
+
+    preset = {"name": "t", "seeds": [1, 2], "methods": ["joint"],
+              "trial": {"encoder": "tiny-bert", "epochs": 3},
+              "tasks": {"ner": {"targets": {"ner:masakhaner2:yor": ["ner:conll2003:en"]}}}}
+    runs = grid.plan_runs(preset)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("t")
+    for run, f1, start in [(runs[0], 0.2, 1000), (runs[1], 0.4, 2000), (runs[0], 0.6, 3000)]:
+        logged = client.create_run(experiment_id, start_time=start, tags=grid.run_tags(run, "t"))
+        client.log_metric(logged.info.run_id, "final/test/f1", f1)
+        client.set_terminated(logged.info.run_id)
+    summary = grid.export_results(client, experiment_id, preset, runs, "uri")
+    assert sorted((r["seed"], r["final"]["test/f1"]) for r in summary["runs"]) == [(1, 0.6), (2, 0.4)]
+    [row] = summary["aggregate"]
+    assert row["n_seeds"] == 2 and row["test/f1"]["mean"] == pytest.approx(0.5)
+
+
 def test_the_dry_run_marks_the_runs_already_logged(tmp_path, capsys):
     """--dry-run lists every run and says which are in MLflow already (what a resumed grid
     skips); without a store it lists them all as to run and creates nothing."""
