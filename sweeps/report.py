@@ -681,13 +681,13 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
                                      lang(row["target"])):
                 pick = row
                 break
-        curve_data, curve_unit = curves(client, records, task, pick["target"], pick["source"])
+        row_curves = [(row, *curves(client, records, task, row["target"], row["source"]))
+                      for row in rows]
+        curve_data, curve_unit = next((data, unit) for row, data, unit in row_curves if row is pick)
         curve_path = out / f"{task}_curves.png"
         if curve_data:
             plot_curves(task, row_label(pick), curve_data, curve_unit, curve_path)
-        panels = [(row_label(row), *curves(client, records, task, row["target"], row["source"]))
-                  for row in rows]
-        panels = [panel for panel in panels if panel[1]]
+        panels = [(row_label(row), data, unit) for row, data, unit in row_curves if data]
         all_curves_path = out / f"{task}_curves_all.png"
         if len(panels) > 1:
             plot_all_curves(task, panels, all_curves_path)
