@@ -456,7 +456,7 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
             continue
         tags = r.data.tags
         metrics = r.data.metrics
-        trial = changed_fields(wanted[tags["run_key"]]["config"])
+        trial = changed_fields(wanted[key]["config"])
         trial.pop("seed", None)
         records.append({
             "task": tags["task"], "target": tags["target"], "source": tags["source"],
