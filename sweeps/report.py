@@ -87,6 +87,7 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
             source = tags.get("source") or params.get("source") or "none"
             records.append({
                 "run_id": run.info.run_id, "role": role, "trial_id": tags.get("trial_id", ""),
+                "run_key": tags.get("run_key", ""), "start_time": run.info.start_time or 0,
                 "task": tags.get("task") or params.get("task"),
                 "target": tags.get("target") or params.get("target"),
                 "source": "none" if source in ("None", "") else source,
@@ -110,10 +111,16 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
 
 def select(records: list[dict]) -> list[dict]:
     """Bench runs as they are; sweep trials: the best (`selection.best_trial`) per (task, target,
-    source, method, grid). Two bench runs of one cell and seed are an error: they differ in a
-    setting the table cannot show (e.g. a preset entry's own `trial` fields), and one would
-    silently replace the other."""
+    source, method, grid). A grid run key logged twice (two processes on overlapping `--only`
+    patterns) counts once, as its newest run, as in `grid.py --export-only`. Two bench runs of
+    one cell and seed with different keys are an error: they differ in a setting the table
+    cannot show (e.g. a preset entry's own `trial` fields), and one would silently replace the
+    other."""
     bench = [r for r in records if r["role"] == "bench"]
+    newest = {(r["run_key"] or r["run_id"]): r["run_id"]
+              for r in sorted(bench, key=lambda r: r["start_time"])}
+    kept = set(newest.values())
+    bench = [r for r in bench if r["run_id"] in kept]
     seen: dict[tuple, str] = {}
     for r in bench:
         cell = (r["task"], r["target"], r["source"], r["method"], r["grid"], str(r["seed"]))

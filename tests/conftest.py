@@ -2,12 +2,15 @@
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# One scratch folder per test session (this module is imported as conftest and tests.conftest).
+# One scratch folder per test session (this module is imported as conftest and tests.conftest),
+# removed at the end of the session that made it (not one given in METAXL_TEST_SCRATCH).
+_SCRATCH_MADE_HERE = not os.environ.get("METAXL_TEST_SCRATCH")
 _SCRATCH = Path(os.environ.get("METAXL_TEST_SCRATCH") or tempfile.mkdtemp(prefix="metaxl-tests-"))
 os.environ["METAXL_TEST_SCRATCH"] = str(_SCRATCH)
 (_SCRATCH / "home").mkdir(exist_ok=True)
@@ -23,6 +26,12 @@ for key, value in {
     "METAXL_CACHE": str(_SCRATCH / "metaxl-cache"),
 }.items():
     os.environ.setdefault(key, value)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SCRATCH_MADE_HERE:
+        shutil.rmtree(_SCRATCH, ignore_errors=True)
+
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Scripts the tests start (sweeps/pairs.py, its Ray workers) import this checkout, even when the

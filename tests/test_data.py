@@ -1,6 +1,7 @@
 """The data layer: readers, sampling, label maps, folding, alignment, errors, hub offline."""
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -336,7 +337,7 @@ def test_empty_tokens_of_published_files_are_skipped_and_counted(tmp_path):
         read_split(DataSpec.parse("ner:masakhaner2:xho"), "dev", tmp_path)
 
 
-_FUZZ_DIR = Path(tempfile.mkdtemp(prefix="metaxl-fuzz-"))
+_FUZZ_DIR = Path(tempfile.mkdtemp(prefix="fuzz-", dir=os.environ["METAXL_TEST_SCRATCH"]))
 _PIECES = st.sampled_from(["O", "B-PER", "I-LOC", "B-", "E-X", "-DOCSTART-", " ", "\t", "\n",
                            "\r\n", "\n\n", "tweet", "label", "text", "polarity", "positive",
                            "neutral", "+2", "0", "ọ̀", "ቀ", "😭", "\u200b", "\x00", "\xa0"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -209,6 +210,22 @@ def test_two_configurations_in_one_cell_are_an_error(store_uri, tmp_path):
         report_lib.build_report(store_uri, "two-configurations", tmp_path / "out")
     assert ids[0] in str(err.value) and ids[2] in str(err.value) and ids[1] not in str(err.value)
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_a_run_key_logged_twice_is_reported_once_with_its_newest_scores(store_uri, tmp_path):
+    """Two grid processes on overlapping --only patterns log one run key twice: the report
+    keeps the newest, as `grid.py --export-only` does, instead of refusing the cell."""
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("one-key-twice")
+    target, source = "ner:masakhaner2:zul", "ner:conll2003:en"
+    for seed, test in [(1, 0.44), (2, 0.45), (1, 0.50)]:
+        time.sleep(0.01)  # distinct start times (milliseconds)
+        log_results(client, experiment_id, _results("ner", target, source, "joint", test),
+                    {"role": "bench", "method": "joint", "seed": seed,
+                     "run_key": f"ner|zul|en|joint|{seed}|abc"})
+    data = report_lib.build_report(store_uri, "one-key-twice", tmp_path / "out")
+    cell = data["tasks"]["ner"]["rows"][0]["cells"]["joint"]
+    assert (cell["n"], cell["mean"]) == (2, pytest.approx(47.5))
 
 
 def test_sensitivity_grid_runs(store_uri, tmp_path):
