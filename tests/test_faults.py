@@ -82,8 +82,9 @@ def test_non_finite_loss_stops_the_step_with_a_clear_reason(method):
         torch.testing.assert_close(param, before[name], rtol=0, atol=0, equal_nan=True)
 
 
-def test_tracker_keeps_failed_logging_calls_and_reports_what_never_arrived(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_tracker_keeps_failed_logging_calls_and_reports_what_never_arrived(tmp_path,
+                                                                         new_mlflow_store):
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     client, experiment_id = open_experiment(uri, "outage")
     parent = client.create_run(experiment_id).info.run_id
     tracker = MLflowTracker(uri, experiment_id, parent, {"method": "joint", "target_lang": "yor"},
@@ -268,10 +269,11 @@ def test_resume_refuses_a_folder_of_another_user(tmp_path, monkeypatch):
         pairs.check_output_dir(tmp_path / "out", resume=True)
 
 
-def test_each_attempt_has_its_own_parent_runs_and_export_reads_the_latest(tmp_path):
+def test_each_attempt_has_its_own_parent_runs_and_export_reads_the_latest(tmp_path,
+                                                                          new_mlflow_store):
     from sweeps import export, pairs
     from sweeps.mlflow_store import target_run
-    uri = f"sqlite:///{tmp_path / 'shared.db'}"  # one tracking store, two sweeps of one name
+    uri = new_mlflow_store(tmp_path / "shared.db")  # one tracking store, two sweeps of one name
     client, experiment_id = open_experiment(uri, "same-name")
     ids = [pairs.attempt_id(tmp_path / folder, "same-name") for folder in ("a", "b")]
     assert ids[0] != ids[1] and pairs.attempt_id(tmp_path / "a", "same-name") == ids[0]
@@ -290,8 +292,8 @@ def test_each_attempt_has_its_own_parent_runs_and_export_reads_the_latest(tmp_pa
     assert record["sweep_id"] == ids[1] and record["metrics"]["dev_f1"] == 0.5
 
 
-def test_experiment_creation_is_idempotent_under_a_race(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_experiment_creation_is_idempotent_under_a_race(tmp_path, monkeypatch, new_mlflow_store):
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     _, experiment_id = open_experiment(uri, "raced")  # the other sweep created it first
     real = MlflowClient.get_experiment_by_name
     calls = []

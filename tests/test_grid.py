@@ -50,7 +50,7 @@ def test_shards_are_index_and_count():
     assert shard_arg("0/1") == (0, 1) and shard_arg("1/3") == (1, 3)
 
 
-def test_the_export_keeps_runs_of_different_configurations_apart(tmp_path):
+def test_the_export_keeps_runs_of_different_configurations_apart(tmp_path, new_mlflow_store):
     """Two entries of one (target, source, method) that differ in a trial field are two rows of
     the aggregate, each over its own seeds, and every run names its configuration."""
     from mlflow.tracking import MlflowClient
@@ -61,7 +61,7 @@ def test_the_export_keeps_runs_of_different_configurations_apart(tmp_path):
                   {"source": "ner:conll2003:en", "trial": {"epochs": 6}},
                   {"source": "ner:conll2003:en", "trial": {"freeze_layers": 1}}]}}}}
     runs = grid.plan_runs(preset)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("t")
     test_f1 = {}
@@ -85,7 +85,7 @@ def test_the_export_keeps_runs_of_different_configurations_apart(tmp_path):
     assert len({tuple(sorted(r["trial"].items())) for r in summary["runs"]}) == 2
 
 
-def test_a_run_logged_twice_is_exported_once_with_its_newest_scores(tmp_path):
+def test_a_run_logged_twice_is_exported_once_with_its_newest_scores(tmp_path, new_mlflow_store):
     """Two processes started on overlapping runs can log one run key twice: the export keeps
     one record per key (the newest), so no configuration gets an extra seed."""
     from mlflow.tracking import MlflowClient
@@ -94,7 +94,7 @@ def test_a_run_logged_twice_is_exported_once_with_its_newest_scores(tmp_path):
               "trial": {"encoder": "tiny-bert", "epochs": 3},
               "tasks": {"ner": {"targets": {"ner:masakhaner2:yor": ["ner:conll2003:en"]}}}}
     runs = grid.plan_runs(preset)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(new_mlflow_store(tmp_path / "mlflow.db"))
     experiment_id = client.create_experiment("t")
     for run, f1, start in [(runs[0], 0.2, 1000), (runs[1], 0.4, 2000), (runs[0], 0.6, 3000)]:
         logged = client.create_run(experiment_id, start_time=start, tags=grid.run_tags(run, "t"))
@@ -106,7 +106,7 @@ def test_a_run_logged_twice_is_exported_once_with_its_newest_scores(tmp_path):
     assert row["n_seeds"] == 2 and row["test/f1"]["mean"] == pytest.approx(0.5)
 
 
-def test_the_dry_run_marks_the_runs_already_logged(tmp_path, capsys):
+def test_the_dry_run_marks_the_runs_already_logged(tmp_path, capsys, new_mlflow_store):
     """--dry-run lists every run and says which are in MLflow already (what a resumed grid
     skips); without a store it lists them all as to run and creates nothing."""
     import yaml
@@ -121,7 +121,7 @@ def test_the_dry_run_marks_the_runs_already_logged(tmp_path, capsys):
     listed = capsys.readouterr().out.splitlines()
     assert listed[-1].startswith("12 runs, 0 already in MLflow") and not out.exists()
     runs = grid.plan_runs(preset)
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client = MlflowClient(new_mlflow_store(out / "mlflow.db"))
     experiment_id = client.create_experiment("t")
     for run, status in [(runs[3], "FINISHED"), (runs[5], "FAILED")]:
         logged = client.create_run(experiment_id, tags=grid.run_tags(run, "t"))
@@ -132,7 +132,7 @@ def test_the_dry_run_marks_the_runs_already_logged(tmp_path, capsys):
     assert [line.split()[1] for line in listed if line.endswith("(logged)")] == [runs[3]["key"]]
 
 
-def test_a_lost_store_is_restored_from_the_exported_results(tmp_path, capsys):
+def test_a_lost_store_is_restored_from_the_exported_results(tmp_path, capsys, new_mlflow_store):
     """A store written by the grid, exported (results.json), then lost: --restore logs every
     exported run back into a new store under this preset's run keys (so the grid skips them),
     with its scores, history, dev curve and code commit; restoring twice logs nothing more; a
@@ -148,7 +148,7 @@ def test_a_lost_store_is_restored_from_the_exported_results(tmp_path, capsys):
     preset_path = tmp_path / "p.yaml"
     preset_path.write_text(yaml.safe_dump(preset), encoding="utf-8")
     runs = grid.plan_runs(preset)
-    first = MlflowClient(f"sqlite:///{tmp_path / 'lost.db'}")
+    first = MlflowClient(new_mlflow_store(tmp_path / "lost.db"))
     experiment_id = first.create_experiment("t")
     for i, run in enumerate(runs[:3]):
         history = [{"epoch": e, "dev/f1": 0.1 * i + 0.01 * e, "train/loss": 1.0 / e}

@@ -73,9 +73,9 @@ def _table(md: str, task: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def store_uri(tmp_path_factory):
-    """One sqlite store for the module (creating one runs MLflow's migrations: seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def store_uri(tmp_path_factory, new_mlflow_store):
+    """One sqlite store for the module."""
+    return new_mlflow_store(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
 
 
 @pytest.fixture

@@ -146,7 +146,8 @@ def test_predict_command_names_a_missing_mlflow_store(tmp_path, capsys):
     assert not (tmp_path / "absent.db").exists()
 
 
-def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder, tmp_path):
+def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder, tmp_path,
+                                                                  new_mlflow_store):
     """The pyfunc model needs no unpublished package: metaxl_core's modules travel in its code
     folder (not the bundled sample data), requirements.txt pins what it imports, and it loads
     back and predicts."""
@@ -155,7 +156,7 @@ def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder,
 
     from sweeps.mlflow_store import register_model
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("registry", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(experiment).info.run_id

@@ -53,8 +53,8 @@ def _results(dev, test):
             "best_epoch": 1, "final": {"dev/f1": dev, "test/f1": test}}
 
 
-def test_summary_export_and_report_name_the_same_trial_on_a_tie(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_summary_export_and_report_name_the_same_trial_on_a_tie(tmp_path, new_mlflow_store):
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment("tie", artifact_location=(tmp_path / "a").as_uri())
     tags = {"sweep_id": "s1", "target": TARGET, "source": SOURCE, "task": "ner"}
