@@ -42,20 +42,16 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def _migrated_mlflow_db(tmp_path_factory) -> Path:
-    from mlflow.tracking import MlflowClient
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the tables
-    return path
-
-
-@pytest.fixture(scope="session")
-def new_mlflow_store(_migrated_mlflow_db):
+def new_mlflow_store(tmp_path_factory):
     """path -> the sqlite URI of a new, empty MLflow store there: a copy of one migrated once
     per session (MLflow's migrations cost ~5 s per new store, a copy ~0.1 s)."""
+    from mlflow.tracking import MlflowClient
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
+
     def make(path: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_migrated_mlflow_db, path)
+        shutil.copyfile(template, path)
         return f"sqlite:///{path}"
     return make
 
