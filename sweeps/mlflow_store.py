@@ -23,7 +23,6 @@ from mlflow.tracking import MlflowClient
 from metaxl_core.config import source_label
 from metaxl_core.errors import ConfigError
 from metaxl_core.names import language_of
-from metaxl_core.predict import tracking_uri
 
 # The tracking stores MLflow's client accepts (file: and bare paths: the deprecated file store).
 URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
@@ -191,6 +190,7 @@ def register_model(uri: str, run_id: str, folder: str, name: str, tags: dict) ->
     a fresh environment with `model_requirements()` serves it), register it as `name` and tag
     the new version; returns the version."""
     import metaxl_core
+    from metaxl_core.predict import tracking_uri  # torch: not for the Ray workers' imports
 
     with tempfile.TemporaryDirectory() as code, tracking_uri(uri), \
             mlflow.start_run(run_id=run_id):

@@ -73,7 +73,7 @@ def test_a_resumed_searcher_does_not_tell_a_trial_the_journal_already_finished(t
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from sweeps.pairs import FileBackedOptunaSearch
+    from sweeps.search import FileBackedOptunaSearch
 
     def searcher():
         return FileBackedOptunaSearch(

@@ -36,7 +36,7 @@ sources: [ner:conll2003:en, ner:masakhaner2:hau]
 methods: [joint]
 grid_pairs: {grid}
 trials_per_search: {trials}
-max_concurrent: 2
+max_concurrent: {concurrent}
 max_failures: {retries}
 space: {{lr: [1.0e-4, 3.0e-3]}}
 trial: {{encoder: tiny-bert, epochs: {epochs}, source_train_size: 40, target_train_size: 30,
@@ -44,10 +44,11 @@ trial: {{encoder: tiny-bert, epochs: {epochs}, source_train_size: 40, target_tra
 """
 
 
-def write_sweep(tmp_path, name="faults", grid="false", trials=2, retries=0, epochs=2) -> str:
+def write_sweep(tmp_path, name="faults", grid="false", trials=2, retries=0, epochs=2,
+                concurrent=1) -> str:
     path = tmp_path / "sweep.yaml"
     path.write_text(SMALL_SWEEP.format(name=name, grid=grid, trials=trials, retries=retries,
-                                       epochs=epochs), encoding="utf-8")
+                                       epochs=epochs, concurrent=concurrent), encoding="utf-8")
     return str(path)
 
 
@@ -221,7 +222,7 @@ def test_two_node_cluster_spreads_trials_and_survives_losing_a_worker(tmp_path):
         out = tmp_path / "out"
         driver = subprocess.Popen(
             [sys.executable, "sweeps/pairs.py", "--config",
-             write_sweep(tmp_path, name="cluster", trials=4, retries=3, epochs=3),
+             write_sweep(tmp_path, name="cluster", trials=4, retries=3, epochs=3, concurrent=2),
              "--address", f"127.0.0.1:{port}", "--output-dir", str(out),
              "--reuse-actors", "false"],  # a fresh process per trial: tiny trials spread out
             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

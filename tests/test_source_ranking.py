@@ -278,7 +278,7 @@ def test_a_bad_ranked_source_list_names_the_problem(tmp_path, sources, message):
 
 
 def test_the_searcher_tries_the_ranked_sources_first_and_once(tmp_path):
-    from sweeps.pairs import METRIC, MODE, make_searcher, search_space
+    from sweeps.search import METRIC, MODE, make_searcher, search_space
     sweep = SweepConfig.load(write(tmp_path, RANKED + "max_concurrent: 4\n"))
     order = ["ner:masakhaner2:ibo", "ner:masakhaner2:hau", "ner:conll2003:en"]
     search = {"target": "ner:masakhaner2:yor", "method": "metaxl", "sources": order,

@@ -25,7 +25,7 @@ sources: [ner:conll2003:en, ner:masakhaner2:hau]
 methods: [metaxl, joint]
 trials_per_search: {trials}
 seeds_per_config: {seeds}
-max_concurrent: 2
+max_concurrent: 1  # a search per CPU: searches run side by side
 reduction_factor: 2
 space: {{rtn_width: [8, 16], rtn_layer: [0, null], lr: [1.0e-4, 3.0e-3], meta_lr: [1.0e-5, 1.0e-2]}}
 trial: {{encoder: tiny-bert, epochs: 3, source_train_size: 40, target_train_size: 30,
@@ -205,14 +205,15 @@ def test_trials_checkpoint_once_the_interval_has_passed_and_never_after_the_last
         monkeypatch, interval, checkpointed):
     from types import SimpleNamespace
 
-    from sweeps import pairs
+    from metaxl_core import train
+    from sweeps import search
     now = {"s": 0.0}
     reports = []
-    monkeypatch.setattr(pairs.time, "monotonic", lambda: now["s"])
-    monkeypatch.setattr(pairs.ray, "get_runtime_context",
+    monkeypatch.setattr(search.time, "monotonic", lambda: now["s"])
+    monkeypatch.setattr(search.ray, "get_runtime_context",
                         lambda: SimpleNamespace(get_node_id=lambda: "node-1"))
-    monkeypatch.setattr(pairs.tune, "get_checkpoint", lambda: None)
-    monkeypatch.setattr(pairs.tune, "report", lambda metrics, checkpoint=None: reports.append(
+    monkeypatch.setattr(search.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(search.tune, "report", lambda metrics, checkpoint=None: reports.append(
         (metrics["epoch"], metrics["node_id"], checkpoint is not None)))
 
     def fake_run_trial(cfg, report, resume_from):  # 3 epochs of 15 s each
@@ -221,8 +222,8 @@ def test_trials_checkpoint_once_the_interval_has_passed_and_never_after_the_last
             now["s"] += 15.0
             report({"epoch": epoch}, {"epoch": epoch - 1, "weights": torch.zeros(2)})
 
-    monkeypatch.setattr(pairs, "run_trial", fake_run_trial)
-    pairs.trainable({"lr": 1e-3}, {"epochs": 3}, checkpoint_interval_s=interval)
+    monkeypatch.setattr(train, "run_trial", fake_run_trial)  # trainable imports it when run
+    search.trainable({"lr": 1e-3}, {"epochs": 3}, checkpoint_interval_s=interval)
     assert reports == [(e, "node-1", c) for e, c in zip((1, 2, 3), checkpointed)]
 
 
@@ -308,6 +309,7 @@ sources: ["ner:conll2003:en,ner:masakhaner2:hau", ner:masakhaner2:hau]
 methods: [metaxl]
 grid_pairs: true
 trials_per_search: 2
+max_concurrent: 1
 space: {rtn_per_source: [true], source_sampling: [learned, uniform], lr: [1.0e-3, 3.0e-3]}
 trial: {encoder: tiny-bert, epochs: 2, source_train_size: 30, target_train_size: 20,
         target_dev_size: 20, max_seq_length: 32, warmup_ratio: 0.0}

@@ -50,7 +50,7 @@ space: {source_sampling: [uniform, learned], rtn_per_source: [false, true], rtn_
     by_target = {s["target"]: s for s in sweep.searches()}
     assert by_target["ner:masakhaner2:yor"]["sources"] == sweep.sources
     assert by_target["ner:masakhaner2:hau"]["sources"] == ["ner:conll2003:en"]
-    from sweeps.pairs import search_space
+    from sweeps.search import search_space
     space = search_space(sweep, by_target["ner:masakhaner2:yor"], n_layers=2)
     assert space["source"].categories == sweep.sources
     assert space["rtn_per_source"].categories == [False, True]
@@ -168,22 +168,25 @@ def train(*args, timeout=120):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_trial_command_line_names_the_bad_input(tmp_path):
+def test_trial_command_line_names_the_bad_input(tmp_path, capsys):
+    from metaxl_core.train import main
     trial = tmp_path / "trial.yaml"
     trial.write_text("epochs: 1\n", encoding="utf-8")
     nested = tmp_path / "nested.yaml"
     nested.write_text("config: [lr, 0.1]\n", encoding="utf-8")
     dup = tmp_path / "dup.yaml"
     dup.write_text("lr: 0.1\nepochs: 2\nlr: 0.2\n", encoding="utf-8")
-    for args, message in [
+    for args, message in [  # in this process (an exception would fail the test)
             (["--config", tmp_path], f"{tmp_path}: cannot read"),  # a directory
             (["--config", nested], "nested.yaml: config: expected a mapping of fields, got list"),
             (["--config", trial, "--lr", "abc"], "--lr: lr: expected float, got 'abc'"),
-            (["--config", dup], "dup.yaml: invalid YAML: duplicate key 'lr'"),
-            (["--config", trial, "--output-dir", trial], "exists and is not a folder")]:
-        proc = train(*args)
-        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and "epoch 1/1" not in proc.stdout
+            (["--config", dup], "dup.yaml: invalid YAML: duplicate key 'lr'")]:
+        assert main(list(map(str, args))) == 2
+        out, err = capsys.readouterr()
+        assert message in err and "epoch 1/1" not in out, (args, err[-2000:])
+    proc = train("--config", trial, "--output-dir", trial)  # and as a command: exit status 2
+    assert proc.returncode == 2 and "exists and is not a folder" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "epoch 1/1" not in proc.stdout
 
 
 def test_rtn_layers_are_checked_against_the_encoder_before_ray_starts(tmp_path, capsys):
