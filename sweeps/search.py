@@ -25,8 +25,8 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from metaxl_core.errors import MetaXLError
-from metaxl_core.selection import best_trial
 from metaxl_core.names import language_of
+from metaxl_core.selection import best_trial
 from sweeps.settings import CHOICES, SweepConfig
 from sweeps.tracking import PROJECT_ERROR, MLflowTracker
 

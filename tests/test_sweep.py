@@ -227,6 +227,14 @@ def test_trials_checkpoint_once_the_interval_has_passed_and_never_after_the_last
     assert reports == [(e, "node-1", c) for e, c in zip((1, 2, 3), checkpointed)]
 
 
+def test_search_workers_import_no_training_code():
+    """Every Ray worker of a sweep imports sweeps.search; only trial workers need torch."""
+    probe = "import sys, sweeps.search; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
+
 KILL_SWEEP = """
 name: kill-sweep
 targets: [ner:masakhaner2:yor]
