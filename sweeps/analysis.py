@@ -39,8 +39,7 @@ from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 from metaxl_core.atomic import write_atomic  # noqa: E402
 from metaxl_core.errors import ConfigError  # noqa: E402
 from sweeps.methods import title_of  # noqa: E402
-
-JOURNAL, SUMMARY = "optuna.journal", "summary.json"
+from sweeps.settings import OPTUNA_JOURNAL, SUMMARY  # noqa: E402
 
 
 def load_study(journal: Path, name: str) -> optuna.Study:
@@ -165,7 +164,7 @@ def analyse_sweep(output_dir: str | Path) -> dict[str, dict]:
     """Write the analysis of a finished sweep under `<output_dir>/analysis/`; returns the per
     search results (keyed by search name)."""
     output_dir = Path(output_dir)
-    summary_path, journal = output_dir / SUMMARY, output_dir / JOURNAL
+    summary_path, journal = output_dir / SUMMARY, output_dir / OPTUNA_JOURNAL
     for path in (summary_path, journal):
         if not path.is_file():
             raise ConfigError(f"{path}: not found; --output-dir must be a finished sweep's folder")

@@ -37,7 +37,7 @@ from sweeps.analysis import analyse_sweep
 from sweeps.mlflow_store import default_tracking_uri, open_experiment, target_run
 from sweeps.rank_sources import format_ranking, sweep_ranking
 from sweeps.search import run_search, search_name
-from sweeps.settings import SweepConfig
+from sweeps.settings import SUMMARY, TUNE_DIR, SweepConfig
 
 SWEEP_ID = "sweep_id.txt"  # the attempt id of the sweep in an output folder
 RAY_PROCESSES = "ray-processes.json"  # the local Ray's processes: pid and start time
@@ -109,11 +109,11 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"--output-dir: {output_dir} exists and is not a folder")
     if resume:
-        for path in (output_dir, output_dir / "tune"):
+        for path in (output_dir, output_dir / TUNE_DIR):
             if path.exists() and path.stat().st_uid != os.getuid():
                 raise ConfigError(f"--resume: {path} is not owned by the current user; resuming "
                                   "unpickles Ray Tune state from it, so it must be trusted")
-    elif any((output_dir / name).exists() for name in (SWEEP_ID, "tune", "summary.json")):
+    elif any((output_dir / name).exists() for name in (SWEEP_ID, TUNE_DIR, SUMMARY)):
         raise ConfigError(f"{output_dir} already holds a sweep (finished or interrupted); pass "
                           "--resume to continue it or --output-dir for a new one")
 
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             print_plan(sweep, searches, None, ranking)
             return 0
         output_dir = Path(args.output_dir).resolve()
-        summary_path = output_dir / "summary.json"
+        summary_path = output_dir / SUMMARY
         check_output_dir(output_dir, args.resume)
         n_layers = check_inputs(sweep, searches)
         uri = args.mlflow_uri or default_tracking_uri(str(output_dir))
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         check_resources(sweep, args.address)
         sweep_id = attempt_id(output_dir, sweep.name)
         parents = {t: target_run(client, experiment_id, sweep_id, t) for t in sweep.targets}
-        storage = str(output_dir / "tune")
+        storage = str(output_dir / TUNE_DIR)
         # Search drivers stay on this node: losing a worker node must not lose a search.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         futures = [run_search.options(scheduling_strategy=here).remote(

@@ -27,11 +27,10 @@ from ray.tune.search.optuna import OptunaSearch
 from metaxl_core.errors import MetaXLError
 from metaxl_core.names import language_of
 from metaxl_core.selection import best_trial
-from sweeps.settings import CHOICES, SweepConfig
+from sweeps.settings import CHOICES, OPTUNA_JOURNAL, SweepConfig
 from sweeps.tracking import PROJECT_ERROR, MLflowTracker
 
 METRIC, MODE = "dev/f1", "max"
-OPTUNA_JOURNAL = "optuna.journal"  # every search's Optuna study (storage), in the output folder
 
 
 def search_space(sweep: SweepConfig, search: dict, n_layers: int) -> dict:

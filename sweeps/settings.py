@@ -52,6 +52,11 @@ CHOICES = {"rtn_mixing": RTN_MIXING, "rtn_per_source": (False, True),
 #   lr: [1.0e-5, 1.0e-4], meta_lr: [...]     log-uniform bounds
 #   rtn_design, rtn_mixing, rtn_per_source, source_sampling: categorical, among CHOICES
 
+# A sweep's output folder (--output-dir) holds, besides MLflow's store:
+SUMMARY = "summary.json"  # every trial's config, dev F1 per epoch and cost (sweeps/pairs.py)
+OPTUNA_JOURNAL = "optuna.journal"  # every search's Optuna study (sweeps/search.py)
+TUNE_DIR = "tune"  # Ray Tune's state, one folder per search
+
 # The embedded default: small enough to finish in minutes on 2 CPU cores.
 EMBEDDED_TRIAL = {
     "encoder": "tiny-bert",
