@@ -37,10 +37,7 @@ from sweeps.analysis import analyse_sweep
 from sweeps.mlflow_store import default_tracking_uri, open_experiment, target_run
 from sweeps.rank_sources import format_ranking, sweep_ranking
 from sweeps.search import run_search, search_name
-from sweeps.settings import SUMMARY, TUNE_DIR, SweepConfig
-
-SWEEP_ID = "sweep_id.txt"  # the attempt id of the sweep in an output folder
-RAY_PROCESSES = "ray-processes.json"  # the local Ray's processes: pid and start time
+from sweeps.settings import RAY_PROCESSES, SUMMARY, SWEEP_ID, TUNE_DIR, SweepConfig
 
 
 def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None,

@@ -56,6 +56,8 @@ CHOICES = {"rtn_mixing": RTN_MIXING, "rtn_per_source": (False, True),
 SUMMARY = "summary.json"  # every trial's config, dev F1 per epoch and cost (sweeps/pairs.py)
 OPTUNA_JOURNAL = "optuna.journal"  # every search's Optuna study (sweeps/search.py)
 TUNE_DIR = "tune"  # Ray Tune's state, one folder per search
+SWEEP_ID = "sweep_id.txt"  # the sweep attempt's id, tagged on its MLflow runs
+RAY_PROCESSES = "ray-processes.json"  # the local Ray's processes (pid, start time) while it runs
 
 # The embedded default: small enough to finish in minutes on 2 CPU cores.
 EMBEDDED_TRIAL = {

@@ -251,7 +251,8 @@ trial: {encoder: tiny-bert, epochs: 3, source_train_size: 40, target_train_size:
 def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_path):
     """SIGKILL the driver before any trial, with trials running before Tune's first snapshot,
     and after some finished; each --resume continues the same attempt and the last one ends it."""
-    from sweeps.pairs import RAY_PROCESSES, _processes, stop_leftover_ray
+    from sweeps.pairs import _processes, stop_leftover_ray
+    from sweeps.settings import RAY_PROCESSES
     config, out = tmp_path / "sweep.yaml", tmp_path / "out"
     config.write_text(KILL_SWEEP, encoding="utf-8")
     command = [sys.executable, "sweeps/pairs.py", "--config", str(config), "--output-dir", str(out)]
