@@ -62,7 +62,9 @@ _MEMORY: dict[str, list[torch.Tensor]] = {}
 def _split_states(bottom, model_key: list, features: list[dict], collator) -> list[torch.Tensor]:
     """One split's states: from memory, else from disk, else computed and stored. The key is
     the model's and the split's content (its token ids), so any trial config that tokenises to
-    the same split shares it."""
+    the same split shares it. An empty split (source only's target train) caches nothing."""
+    if not features:
+        return []
     ids = [f["input_ids"] for f in features]
     key = hashlib.sha256(json.dumps([model_key, ids]).encode()).hexdigest()[:24]
     if key not in _MEMORY:
@@ -98,7 +100,7 @@ def _fingerprint(module) -> str:
     return hashlib.sha256(repr(values).encode()).hexdigest()[:16]
 
 
-def _save(states: dict, path: Path) -> None:
+def _save(states: list[torch.Tensor], path: Path) -> None:
     """Atomically: a cache file is complete or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -98,6 +98,14 @@ def test_a_trial_at_the_cached_fidelity_learns_and_a_resumed_one_reuses_the_cach
     assert resumed["history"] == full["history"]
 
 
+def test_an_empty_split_is_not_cached(capsys):
+    bottom, _ = split_encoder(tiny_encoder("xlmr"), 1)
+    before = set((frozen.cache_root() / "hidden").glob("*.pt"))
+    assert frozen._split_states(bottom, ["tiny", "w", 1], [], collator=None) == []
+    assert set((frozen.cache_root() / "hidden").glob("*.pt")) == before
+    assert "caching" not in capsys.readouterr().out
+
+
 def test_an_rtn_inside_the_frozen_layers_is_a_config_error(synth_root):
     with pytest.raises(ConfigError, match="rtn_layer: an RTN after layer 0 would sit inside"):
         train.run_trial(config(synth_root, freeze_layers=1, rtn_layer=0))
