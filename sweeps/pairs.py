@@ -319,11 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         check_resources(sweep, args.address)
         sweep_id = attempt_id(output_dir, sweep.name)
         parents = {t: target_run(client, experiment_id, sweep_id, t) for t in sweep.targets}
-        storage = str(output_dir / TUNE_DIR)
         # Search drivers stay on this node: losing a worker node must not lose a search.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         futures = [run_search.options(scheduling_strategy=here).remote(
-                       sweep, s, i, n_layers, storage, uri, experiment_id,
+                       sweep, s, i, n_layers, str(output_dir), uri, experiment_id,
                        parents[s["target"]], sweep_id, args.resume)
                    for i, s in enumerate(searches)]
         outcomes = ray.get(futures)

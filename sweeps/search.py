@@ -27,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from metaxl_core.errors import MetaXLError
 from metaxl_core.names import language_of
 from metaxl_core.selection import best_trial
-from sweeps.settings import CHOICES, OPTUNA_JOURNAL, SweepConfig
+from sweeps.settings import CHOICES, OPTUNA_JOURNAL, TUNE_DIR, SweepConfig
 from sweeps.tracking import PROJECT_ERROR, MLflowTracker
 
 METRIC, MODE = "dev/f1", "max"
@@ -159,15 +159,17 @@ def search_name(search: dict) -> str:
 
 
 @ray.remote(num_cpus=0)
-def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, storage: str,
+def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, output_dir: str,
                uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
                resume: bool) -> dict:
-    """Drive one (target, method[, source]) search to the end; returns its trials' outcomes."""
+    """Drive one (target, method[, source]) search to the end, its Tune runs under
+    `<output_dir>/tune/`; returns its trials' outcomes."""
     fixed = sweep.base_trial(search["target"], search["method"], search["sources"][0]).to_dict()
     epochs = fixed["epochs"]
     name = search_name(search)
+    storage = os.path.join(output_dir, TUNE_DIR)
     path = os.path.join(storage, name)
-    journal = os.path.join(os.path.dirname(storage), OPTUNA_JOURNAL)
+    journal = os.path.join(output_dir, OPTUNA_JOURNAL)
     error_file = os.path.join(path, "mlflow-errors.json")
     tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
         "sweep_id": sweep_id, "task": sweep.task, "method": search["method"],
