@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = export_results(client, experiment_id, preset, runs, uri)
     path = out / "results.json"
-    write_atomic(path, json.dumps(summary, indent=2, sort_keys=True))
+    # One space per level and no padding: a full preset stays under 1 MB and still diffs by line.
+    write_atomic(path, json.dumps(summary, indent=1, separators=(",", ":"), sort_keys=True))
     print(f"wrote {path}: {len(summary['runs'])} runs ({failures} failed this time) in "
           f"{format_duration(time.time() - started)}", flush=True)
     return 1 if failures else 0
