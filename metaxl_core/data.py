@@ -114,10 +114,11 @@ def load_task_data(cfg) -> TaskData:
         size = getattr(cfg, size_field)
         if size > len(examples):
             hint = "" if root != SAMPLE_ROOT else (
-                " (the bundled sample holds 200 train examples per language; point --data-root "
-                "or METAXL_DATA_ROOT at the full data)")
+                "; the bundled sample holds 200 train examples per language: point --data-root "
+                "or METAXL_DATA_ROOT at the full data")
             raise DataError(f"{where}: {name} has {len(examples)} examples but {size_field}={size} "
-                            f"were requested; lower {size_field}{hint}")
+                            f"were requested; lower {size_field} (--{size_field.replace('_', '-')} "
+                            f"N with N <= {len(examples)}){hint}")
         return examples, _shuffled(examples, cfg.data_seed)[:size]
 
     source_pools, source_samples = [], []

@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     try:
+        output = None if args.output is None else Path(args.output)
+        if output is not None and output.is_dir():
+            raise MetaXLError(f"--output {output}: is a folder; name the file to write")
+        if output is not None and not output.parent.is_dir():
+            raise MetaXLError(f"--output {output}: the folder {output.parent} does not exist")
         lines = read_lines(args.input)
         model = open_model(args.model, args.mlflow_uri)
         out = predict_lines(model, lines)
@@ -128,10 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = "\n".join(out) + "\n"
-    if args.output is None:
+    if output is None:
         sys.stdout.write(text)
         return 0
-    output = Path(args.output)
     write_atomic(output, text)
     print(f"{len(lines)} lines -> {output}", file=sys.stderr)
     return 0

@@ -163,13 +163,14 @@ def _read_conll(path: Path) -> tuple[list[dict], int, int]:
     """Sentences of a CoNLL file, the number of I- tags repaired to B-, and the number of
     skipped tokens that were empty (a whitespace token before its tag)."""
     sentences, tokens, tags = [], [], []
-    n_columns, first_line, repairs, empty = None, 0, 0, 0
+    n_columns, first_line, repairs, empty, docstart = None, 0, 0, 0, False
     for lineno, line in enumerate(read_text(path).split("\n") + [""], start=1):
         columns = _COLUMNS.split(line.strip(" \t\r"))
         if len(columns) == 1 and line[:1] in (" ", "\t") and _TAG.fullmatch(columns[0]):
             empty += 1  # an empty token with its tag (MasakhaNER 2.0 xho train.txt has two)
             continue
         if columns == [""] or columns[0] == "-DOCSTART-":
+            docstart |= columns[0] == "-DOCSTART-"
             if tokens:
                 tags, repaired = _repair_iob2(tags)
                 sentences.append({"tokens": tokens, "tags": tags})
@@ -188,6 +189,8 @@ def _read_conll(path: Path) -> tuple[list[dict], int, int]:
                             "or I-<type> (IOB2)")
         tokens.append(columns[0])
         tags.append(columns[-1])
+    if not sentences and docstart:
+        raise DataError(f"{path}: no sentences: it holds only -DOCSTART- document markers")
     if not sentences:
         raise DataError(f"{path}: no sentences (the file is empty)")
     return sentences, repairs, empty

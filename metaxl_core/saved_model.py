@@ -69,12 +69,27 @@ def full_encoder(model: MetaXLModel, base_encoder) -> torch.nn.Module:
     return full
 
 
+def check_model_folder(folder: str | Path, overwrite: bool = False) -> None:
+    """MetaXLError unless a model may be saved in `folder`: absent, empty, a previous saved model
+    (it holds metaxl.json) or, with `overwrite`, any folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MetaXLError(f"{folder}: exists and is not a folder; name a folder to save the "
+                          "model in")
+    if (folder.is_dir() and not overwrite and not (folder / INFO_FILE).is_file()
+            and any(folder.iterdir())):
+        raise MetaXLError(f"{folder}: exists and is not a saved model (no {INFO_FILE}); name "
+                          "another folder, or pass --overwrite to replace it")
+
+
 def save_model(folder: str | Path, model: MetaXLModel, base: tuple, cfg: TrialConfig,
-               labels: list[str], scores: dict) -> Path:
-    """Write `model` (without its RTN) to `folder`, replacing it; `base` is the trial's
-    (base encoder, tokenizer). The folder appears complete or not at all."""
+               labels: list[str], scores: dict, overwrite: bool = False) -> Path:
+    """Write `model` (without its RTN) to `folder`, replacing it if `check_model_folder`
+    allows; `base` is the trial's (base encoder, tokenizer). The folder appears complete or not
+    at all."""
     base_encoder, tokenizer = base
     folder = Path(folder)
+    check_model_folder(folder, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:

@@ -11,7 +11,9 @@ recently started parent run: an abandoned attempt in the same experiment is igno
 stopped early by ASHA never ran every epoch, so re-running them would not reproduce their
 numbers), the best by `metaxl_core.selection` (the highest best dev F1; on a tie the smaller
 trial id, as in the sweep summary and the report). Each target gets `<lang>.yaml` (and
-`<lang>-2.yaml`... with --top-k), plus `index.yaml` listing them, written last.
+`<lang>-2.yaml`... with --top-k), plus `index.yaml` listing them, written last. The targets are
+those of the attempt's parent runs: when one has no finished trial yet (the sweep is still
+running, or its trials failed) the export names it and stops, unless --partial.
 
 --train-final trains each target's best configuration with --seeds seeds (the trial's own seed
 first) and keeps the best dev one: saved without its RTN in `<out>/models/<lang>/`, logged to
@@ -43,8 +45,10 @@ from sweeps.mlflow_store import (default_tracking_uri, latest_attempt, log_resul
 REPRODUCE_TOLERANCE = 1e-6  # reloaded test F1 against the recorded one
 
 
-def best_runs(uri: str, experiment: str, top_k: int = 1) -> dict[str, list[dict]]:
-    """Per target: up to top_k records {config, metrics, run_id, ...}, best first."""
+def best_runs(uri: str, experiment: str, top_k: int = 1, partial: bool = False
+              ) -> dict[str, list[dict]]:
+    """Per target: up to top_k records {config, metrics, run_id, ...}, best first. A target of
+    the attempt without a finished trial is a MetaXLError naming it, or with `partial` a warning."""
     client, experiment_id = open_experiment(uri, experiment, create=False)
     sweep_id = latest_attempt(client, experiment_id)
     runs = client.search_runs([experiment_id], "tags.role = 'trial' and attributes.status = "
@@ -56,6 +60,16 @@ def best_runs(uri: str, experiment: str, top_k: int = 1) -> dict[str, list[dict]
         by_target.setdefault(run.data.tags["target"], []).append(run)
     if not by_target:
         raise MetaXLError(f"no finished trial runs in experiment {experiment!r} at {uri}")
+    parents = client.search_runs([experiment_id], f"tags.role = 'target' and tags.sweep_id = "
+                                 f"'{sweep_id}'", max_results=50000)
+    missing = sorted({run.data.tags["target"] for run in parents} - set(by_target))
+    if missing:
+        message = (f"no finished trial for {len(missing)} of {len(parents)} targets of sweep "
+                   f"{sweep_id} (still running, interrupted, or every trial failed or was stopped "
+                   f"early): {', '.join(missing)}")
+        if not partial:
+            raise MetaXLError(f"{message}; pass --partial to export the other targets")
+        print(f"warning: {message}; exporting the other targets (--partial)", file=sys.stderr)
     chosen = {}
     for target, candidates in sorted(by_target.items()):
         ranked = rank_trials(candidates, lambda r: r.data.metrics["best/dev_f1"],
@@ -82,17 +96,21 @@ def _write(path: Path, data: dict) -> None:
     write_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def train_final(uri: str, experiment: str, record: dict, out: Path, seeds: int = 1) -> dict:
+def train_final(uri: str, experiment: str, record: dict, out: Path, seeds: int = 1,
+                overwrite: bool = False) -> dict:
     """Train `record`'s configuration (a best_runs record) with `seeds` seeds, keep the best dev
-    model in `<out>/models/<lang>`, log and register it, check the registered model's test F1.
+    model in `<out>/models/<lang>` (refused before training when that folder is not a saved
+    model, unless `overwrite`), log and register it, check the registered model's test F1.
     Returns {model, registered, seed, dev_f1, test_f1, reloaded_test_f1}."""
     from metaxl_core.predict import open_model
+    from metaxl_core.saved_model import check_model_folder
     from metaxl_core.train import run_trial
 
     client, experiment_id = open_experiment(uri, experiment, create=False)
     base = TrialConfig.from_dict(record["config"], source=f"run {record['run_id']}")
     lang = language_of(record["target"])
     models = out / "models"
+    check_model_folder(models / lang, overwrite)
     trained = []
     for i in range(seeds):
         cfg = dataclasses.replace(base, seed=base.seed + i, output_dir=None)
@@ -130,10 +148,19 @@ def train_final(uri: str, experiment: str, record: dict, out: Path, seeds: int =
 
 
 def export(uri: str, experiment: str, out: Path, top_k: int = 1, *, train: bool = False,
-           seeds: int = 1) -> list[Path]:
+           seeds: int = 1, overwrite: bool = False, partial: bool = False) -> list[Path]:
     """Write the files (with `train`, also train and register a model per target, see
-    `train_final`); returns their paths (index.yaml last)."""
-    chosen = best_runs(uri, experiment, top_k)  # fails before anything is written
+    `train_final`); returns their paths (index.yaml last). Bad input fails before anything is
+    written or trained."""
+    from metaxl_core.saved_model import check_model_folder
+
+    if out.exists() and not out.is_dir():
+        raise MetaXLError(f"{out}: exists and is not a folder (--out names the folder to write "
+                          "the files in)")
+    chosen = best_runs(uri, experiment, top_k, partial)
+    if train:
+        for target in chosen:
+            check_model_folder(out / "models" / language_of(target), overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written, index = [], []
     for target, records in chosen.items():
@@ -146,7 +173,7 @@ def export(uri: str, experiment: str, out: Path, top_k: int = 1, *, train: bool 
                           "method": record["method"], "source": record["source"],
                           **record["metrics"]})
             if train and rank == 1:
-                index[-1].update(train_final(uri, experiment, record, out, seeds))
+                index[-1].update(train_final(uri, experiment, record, out, seeds, overwrite))
     _write(out / "index.yaml", {"experiment": experiment, "mlflow_uri": uri, "exports": index})
     return written + [out / "index.yaml"]
 
@@ -163,13 +190,18 @@ def main(argv: list[str] | None = None) -> int:
                    "metaxl-<task>-<lang>")
     p.add_argument("--seeds", type=int, default=1, help="with --train-final: seeds to train, "
                    "the best dev one is kept (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="with --train-final: replace "
+                   "OUT/models/<lang> even when it is not a saved model (a saved model is always "
+                   "replaced)")
+    p.add_argument("--partial", action="store_true", help="export the targets that have a "
+                   "finished trial when others have none yet (a running sweep), with a warning")
     args = p.parse_args(argv)
     if args.top_k < 1 or args.seeds < 1:
         p.error("--top-k and --seeds must be >= 1")
     uri = args.mlflow_uri or default_tracking_uri("runs/sweep")
     try:
         paths = export(uri, args.experiment, Path(args.out), args.top_k, train=args.train_final,
-                       seeds=args.seeds)
+                       seeds=args.seeds, overwrite=args.overwrite, partial=args.partial)
     except MetaXLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -108,7 +108,16 @@ def target_run(client: MlflowClient, experiment_id: str, sweep_id: str, target: 
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name=f"target {target}",
                                    tags={**tags, "target_lang": language_of(target)}).info.run_id
+    else:  # a resumed attempt
+        resume_run(client, run_id)
     return run_id
+
+
+def resume_run(client: MlflowClient, run_id: str) -> None:
+    """Mark a run of a resumed sweep RUNNING again, without the reason an interrupt ended it."""
+    client.update_run(run_id, status="RUNNING")
+    if "killed_reason" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "killed_reason")
 
 
 def safe_params(config: dict) -> dict:

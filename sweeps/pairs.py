@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
+import secrets
+import shlex
 import signal
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TextIO
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -37,7 +41,7 @@ from sweeps.analysis import analyse_sweep
 from sweeps.mlflow_store import default_tracking_uri, open_experiment, target_run
 from sweeps.rank_sources import format_ranking, sweep_ranking
 from sweeps.search import run_search, search_name
-from sweeps.settings import RAY_PROCESSES, SUMMARY, SWEEP_ID, TUNE_DIR, SweepConfig
+from sweeps.settings import LOCK, RAY_PROCESSES, SUMMARY, SWEEP_ID, TUNE_DIR, SweepConfig
 
 
 def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None,
@@ -105,6 +109,9 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
     only (it unpickles Ray Tune state from there)."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"--output-dir: {output_dir} exists and is not a folder")
+    if resume and not any((output_dir / name).exists() for name in (SWEEP_ID, TUNE_DIR)):
+        raise ConfigError(f"--resume: {output_dir} holds no sweep to resume; check --output-dir, "
+                          "or leave out --resume to start a new sweep there")
     if resume:
         for path in (output_dir, output_dir / TUNE_DIR):
             if path.exists() and path.stat().st_uid != os.getuid():
@@ -113,6 +120,43 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
     elif any((output_dir / name).exists() for name in (SWEEP_ID, TUNE_DIR, SUMMARY)):
         raise ConfigError(f"{output_dir} already holds a sweep (finished or interrupted); pass "
                           "--resume to continue it or --output-dir for a new one")
+
+
+def lock_output_dir(output_dir: Path) -> TextIO:
+    """Hold the sweep folder for this process: an exclusive lock on its lock file, which the OS
+    releases when the process ends, however it ends. Keep the returned file open meanwhile."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(f"{output_dir} is in use by another sweep process (pid {holder}); wait "
+                          "for it to end or stop it, or pass --output-dir for a new sweep") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def private_ray_token() -> None:
+    """Ray's token auth for a local Ray: Ray writes a missing ~/.ray/auth_token with the
+    umask's mode (often 0644, readable by every user), so write it first, mode 0600; an existing
+    token file of this user that others can read is made 0600."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "token") != "token":
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32))
+    elif path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+        path.chmod(0o600)
+        print(f"note: {path} (Ray's auth token) was readable by other users; made it 0600",
+              flush=True)
 
 
 def attempt_id(output_dir: Path, name: str) -> str:
@@ -152,18 +196,20 @@ def record_local_ray(output_dir: Path) -> None:
         [[pid, table[pid][1]] for pid in sorted(mine)]), encoding="utf-8")
 
 
-def stop_leftover_ray(output_dir: Path) -> None:
+def stop_leftover_ray(output_dir: Path) -> list[int]:
     """Kill the processes recorded by an earlier local Ray of this sweep folder that are still
-    alive (same pid and start time, so never a process that reused a pid)."""
+    alive (same pid and start time, so never a process that reused a pid); returns their pids."""
     path = output_dir / RAY_PROCESSES
     if not path.exists():
-        return
-    table = _processes()
+        return []
+    table, stopped = _processes(), []
     for pid, started in json.loads(path.read_text(encoding="utf-8")):
         if pid in table and table[pid][1] == started:
             with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                 os.kill(pid, signal.SIGKILL)
+                stopped.append(pid)
     path.unlink()
+    return stopped
 
 
 def check_resources(sweep: SweepConfig, address: str | None) -> None:
@@ -178,6 +224,45 @@ def check_resources(sweep: SweepConfig, address: str | None) -> None:
     if address is None:
         raise MetaXLError(message)
     print(f"warning: {message} Waiting for the autoscaler.", flush=True)
+
+
+class Interrupted(Exception):
+    """The driver got SIGINT or SIGTERM."""
+
+
+class Signals:
+    """The handler of SIGINT and SIGTERM: raises `Interrupted` at once or, while `deferred`, at
+    the next `check` (an exception raised inside Ray's blocking calls becomes a SystemError)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.deferred = False
+
+    def __call__(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        if not self.deferred:
+            raise Interrupted(self.received)
+
+    def check(self) -> None:
+        if self.received:
+            raise Interrupted(self.received)
+
+
+def end_interrupted(client, experiment_id: str, sweep_id: str, reason: str) -> int:
+    """End KILLED, with tag `killed_reason`, every run of this attempt still RUNNING (its trials'
+    and parents'; --resume marks them RUNNING again); returns how many."""
+    runs = client.search_runs([experiment_id], f"tags.sweep_id = '{sweep_id}' and "
+                              "attributes.status = 'RUNNING'", max_results=50000)
+    for run in runs:
+        client.set_tag(run.info.run_id, "killed_reason", reason)
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(runs)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this sweep."""
+    return shlex.join(["python", "sweeps/pairs.py", *argv,
+                       *([] if "--resume" in argv else ["--resume"])])
 
 
 def _dev_f1(trial: dict) -> float:
@@ -269,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/sweep", help="sweep folder (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument("--cleanup", action="store_true",
+                   help="stop the local Ray processes a killed sweep left running in --output-dir, "
+                   "then exit (a new or resumed sweep there does this itself)")
     p.add_argument("--targets", nargs="+")
     p.add_argument("--sources", nargs="+")
     p.add_argument("--methods", nargs="+")
@@ -290,11 +378,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cleanup(output_dir: Path) -> int:
+    """--cleanup: stop what a killed sweep's local Ray left running, unless a sweep runs there."""
+    if not output_dir.is_dir():
+        raise ConfigError(f"--cleanup: {output_dir} is not a sweep folder")
+    lock = lock_output_dir(output_dir)
+    stopped = stop_leftover_ray(output_dir)
+    lock.close()
+    print(f"stopped {len(stopped)} leftover Ray process(es) of {output_dir}"
+          + (f": pids {', '.join(map(str, stopped))}" if stopped else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in (
-        "config", "address", "mlflow_uri", "output_dir", "dry_run", "resume")}
+        "config", "address", "mlflow_uri", "output_dir", "dry_run", "resume", "cleanup")}
     started = time.time()
+    if args.cleanup:
+        try:
+            return cleanup(Path(args.output_dir).resolve())
+        except MetaXLError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    signals = Signals()
+    handlers = {sig: signal.signal(sig, signals) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run_sweep(args, overrides, started, signals)
+    except Interrupted as signame:
+        print(f"interrupted ({signame}): continue with {resume_command(argv)}", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def run_sweep(args, overrides: dict, started: float, signals: Signals) -> int:
+    """The sweep of `main`; SIGINT/SIGTERM (`signals`) stop its trials, end its running MLflow
+    runs KILLED and raise `Interrupted`."""
+    client = sweep_id = None
     try:
         sweep = SweepConfig.load(args.config, overrides)
         ranking = sweep_ranking(sweep) if sweep.source_rank else None
@@ -307,13 +430,22 @@ def main(argv: list[str] | None = None) -> int:
         summary_path = output_dir / SUMMARY
         check_output_dir(output_dir, args.resume)
         n_layers = check_inputs(sweep, searches)
+        lock = lock_output_dir(output_dir)  # noqa: F841 (held until this process ends)
+        check_output_dir(output_dir, args.resume)  # again, now that no other sweep can start there
         uri = args.mlflow_uri or default_tracking_uri(str(output_dir))
         client, experiment_id = open_experiment(uri, sweep.name)
         print_plan(sweep, searches, n_layers, ranking)
         if args.address is None:
             stop_leftover_ray(output_dir)
+            private_ray_token()
+        # Ray's processes ignore SIGINT (inherited): a Ctrl-C reaches the whole process group,
+        # and this driver, not each of them, stops the sweep in order
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}} if args.address else None)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # ray.init made SIGTERM a plain exit
+            signal.signal(sig, signals)
+        signals.check()
         if args.address is None:
             record_local_ray(output_dir)
         check_resources(sweep, args.address)
@@ -325,12 +457,25 @@ def main(argv: list[str] | None = None) -> int:
                        sweep, s, i, n_layers, str(output_dir), uri, experiment_id,
                        parents[s["target"]], sweep_id, args.resume)
                    for i, s in enumerate(searches)]
+        signals.deferred, pending = True, futures
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            signals.check()
+        signals.deferred = False
         outcomes = ray.get(futures)
         ray.shutdown()  # flushes the searches' output before the summary
         (output_dir / RAY_PROCESSES).unlink(missing_ok=True)
     except MetaXLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as signame:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        ray.shutdown()  # stops the searches and their trials
+        if client is not None and sweep_id is not None:
+            ended = end_interrupted(client, experiment_id, sweep_id,
+                                    f"the sweep was interrupted ({signame}); --resume continues it")
+            print(f"{ended} running MLflow run(s) ended KILLED", file=sys.stderr)
+        raise
     rows = summarise(sweep, outcomes)
     epochs = sweep.base_trial(sweep.targets[0], sweep.methods[0]).epochs
     for row in rows:

@@ -21,7 +21,8 @@ measured. Rankers:
   are the baselines the leave-one-target-out evaluation compares against.
 
 A target the matrix has measured for every candidate is ranked by its measured F1; any other is
-ranked by the learned model (the baseline without a matrix), with a warning.
+ranked by the learned model (the baseline without a matrix), with a warning. A target whose
+train split cannot be read is ranked without data features, with a warning printed first.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 from metaxl_core.atomic import write_atomic
 from metaxl_core.errors import ConfigError, DataError, MetaXLError
 from metaxl_core.names import DataSpec, language_of
-from metaxl_core.readers import resolve_data_root
+from metaxl_core.readers import read_split, resolve_data_root
 from sweeps.source_features import URIEL_FEATURES, pair_features
 
 DEFAULT_MATRIX = Path(__file__).resolve().parents[1] / "results" / "transfer-matrix" / "transfer_matrix.json"
@@ -234,6 +235,15 @@ def collect_features(pairs, data_root: str | Path | None, tokenizer=None) -> tup
     return features, list(dict.fromkeys(warnings))
 
 
+def unreadable_train_split(name: str, data_root: Path) -> str | None:
+    """Why `name`'s train split cannot be read under `data_root`, or None when it can."""
+    try:
+        read_split(DataSpec.parse(name), "train", data_root)
+    except DataError as err:
+        return str(err)
+    return None
+
+
 def rank_candidates(target: str, candidates: list[str], features: dict,
                     matrix: dict | None) -> tuple[list[dict], list[str]]:
     """Rank `candidates` for `target`: rows {source, score, contributions, measured_f1}, best
@@ -336,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [(s, t) for t in targets_of(matrix) for s in scores_of(matrix, t)] if matrix else []
         if not args.evaluate:
             pairs += [(s, args.target) for s in args.candidates if s != args.target]
-        features, warnings = collect_features(dict.fromkeys(pairs), resolve_data_root(args.data_root),
-                                              tokenizer)
+        root = resolve_data_root(args.data_root)
+        features, warnings = collect_features(dict.fromkeys(pairs), root, tokenizer)
         if args.evaluate:
             result = leave_one_target_out(matrix, features)
             if not result["per_target"]:
@@ -354,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
             candidates = [s for s in args.candidates if s != args.target]
             rows, notes = rank_candidates(args.target, candidates, features, matrix)
             warnings += notes
+            problem = unreadable_train_split(args.target, root)
+            if problem:  # first and once, not among the other warnings after the table
+                print(f"warning: target {args.target}: its train split cannot be read, so every "
+                      f"candidate is ranked without data features: {problem}", file=sys.stderr)
+                warnings = [w for w in warnings if w != f"data features skipped: {problem}"]
             print(f"sources for {args.target}, best first:")
             print("\n".join(format_ranking(rows)))
     except MetaXLError as err:

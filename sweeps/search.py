@@ -8,6 +8,7 @@ Every search and trial worker process imports this module, so it stays light: th
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -151,6 +152,12 @@ def trainable(config: dict, fixed: dict, checkpoint_interval_s: float = 0.0) -> 
         tune.report({METRIC: float("nan"), PROJECT_ERROR: traceback.format_exc()})
 
 
+def restorable(path: str) -> bool:
+    """Whether Tune saved a run's state there: its experiment snapshot, not only the tuner.pkl it
+    writes first (a driver killed in between left nothing to restore; that run starts anew)."""
+    return tune.Tuner.can_restore(path) and bool(glob.glob(os.path.join(path, "experiment_state-*.json")))
+
+
 def search_name(search: dict) -> str:
     parts = [search["method"], search["target"].replace(":", "-")]
     if len(search["sources"]) == 1 and search["sources"][0]:
@@ -182,7 +189,7 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, outp
     # would run each other's fixed config (source, method), so each search gets its own.
     with_fixed.__name__ = search_name(search)
     runnable = tune.with_resources(with_fixed, resources)
-    if resume and tune.Tuner.can_restore(path):  # the restored RunConfig brings its tracker back
+    if resume and restorable(path):  # the restored RunConfig brings its tracker back
         tuner = tune.Tuner.restore(path, runnable, resume_unfinished=True, restart_errored=True)
     else:
         tuner = tune.Tuner(
@@ -209,7 +216,7 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, outp
         repeat_tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
             **tracker.tags, "role": "seed_repeat", "repeats_trial": str(best["trial_id"])},
             fixed, epochs, os.path.join(path + "_seeds", "mlflow-errors.json"))
-        if resume and tune.Tuner.can_restore(path + "_seeds"):
+        if resume and restorable(path + "_seeds"):
             repeat_tuner = tune.Tuner.restore(path + "_seeds", runnable, resume_unfinished=True,
                                               restart_errored=True)
         else:

@@ -58,6 +58,7 @@ OPTUNA_JOURNAL = "optuna.journal"  # every search's Optuna study (sweeps/search.
 TUNE_DIR = "tune"  # Ray Tune's state, one folder per search
 SWEEP_ID = "sweep_id.txt"  # the sweep attempt's id, tagged on its MLflow runs
 RAY_PROCESSES = "ray-processes.json"  # the local Ray's processes (pid, start time) while it runs
+LOCK = "sweep.lock"  # locked by the running sweep (its pid inside); the OS frees it if it dies
 
 # The embedded default: small enough to finish in minutes on 2 CPU cores.
 EMBEDDED_TRIAL = {

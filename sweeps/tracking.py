@@ -25,7 +25,7 @@ from ray import tune
 
 from metaxl_core.config import source_label
 from metaxl_core.selection import best_evaluation
-from sweeps.mlflow_store import find_run, safe_params
+from sweeps.mlflow_store import find_run, resume_run, safe_params
 
 PROJECT_ERROR = "project_error"  # a trial's last result when a config or data error ended it
 
@@ -80,7 +80,7 @@ class MLflowTracker(tune.Callback):
                     self.experiment_id, run_name=f"{tags['method']}-{tags['target_lang']}-"
                     f"{trial.trial_id}", tags=tags).info.run_id
             else:  # continue its run, and its history unless this process holds it already
-                self.client.update_run(run_id, status="RUNNING")
+                resume_run(self.client, run_id)
                 if not self.history.get(trial.trial_id):
                     self.history[trial.trial_id] = self._logged_history(run_id)
             self.run_ids[trial.trial_id] = run_id

@@ -266,6 +266,14 @@ def test_malformed_conll_files(tmp_path, content, message):
         read_split(DataSpec.parse("ner:mine:xx"), "train", tmp_path)
 
 
+def test_a_conll_file_of_only_docstart_markers_says_so(tmp_path):
+    """Not "the file is empty": the file names what it holds."""
+    make_root(tmp_path, "ner/mine/xx/train.txt", b"-DOCSTART- -X- O O\n\n-DOCSTART- -X- O O\n")
+    with pytest.raises(DataError, match=r"train\.txt: no sentences: it holds only -DOCSTART- "
+                                        "document markers"):
+        read_split(DataSpec.parse("ner:mine:xx"), "train", tmp_path)
+
+
 @pytest.mark.parametrize("content,message", [
     (b"tweet\tlabel\ngood\tpositive\ncut mid-ro", r"train\.tsv:3: expected 2 tab-separated"),
     (b"tweet\tlabel\ngood\tpositive\nbad\tawful\n", r"train\.tsv:3: unknown label 'awful'"),

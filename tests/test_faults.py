@@ -265,6 +265,7 @@ def test_resume_refuses_a_folder_of_another_user(tmp_path, monkeypatch):
     from metaxl_core.errors import ConfigError
     from sweeps import pairs
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sweep_id.txt").write_text("an-attempt", encoding="utf-8")
     monkeypatch.setattr(pairs.os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
     with pytest.raises(ConfigError, match="not owned by the current user"):
         pairs.check_output_dir(tmp_path / "out", resume=True)
@@ -348,3 +349,125 @@ def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
         atomic.write_atomic(path, '{"f1": 0.9, "half": ')
     assert path.read_text() == '{"f1": 0.5}'
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+# ------------------------------------------------------------------ one sweep per folder, interrupts
+def test_a_second_sweep_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+    from sweeps import pairs
+    out = tmp_path / "out"
+    held = pairs.lock_output_dir(out)  # a sweep holds the folder (a lock is per open file)
+    try:
+        assert pairs.main(["--config", write_sweep(tmp_path), "--output-dir", str(out)]) == 2
+        assert f"in use by another sweep process (pid {os.getpid()})" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == ["sweep.lock"], "nothing started"
+        assert pairs.main(["--cleanup", "--output-dir", str(out)]) == 2, "nor a cleanup"
+    finally:
+        held.close()
+    holder = subprocess.Popen(  # the OS frees the lock of a process however it ends
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from sweeps.pairs import lock_output_dir; h = lock_output_dir(Path(sys.argv[1])); "
+         "print('held', flush=True); time.sleep(300)", str(out)],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Exception, match=f"pid {holder.pid}"):
+        pairs.lock_output_dir(out)
+    holder.kill()
+    holder.wait()
+    pairs.lock_output_dir(out).close()
+
+
+def test_resume_of_a_folder_without_a_sweep_is_an_error(tmp_path, capsys):
+    from sweeps import pairs
+    assert pairs.main(["--config", write_sweep(tmp_path), "--output-dir",
+                       str(tmp_path / "none"), "--resume"]) == 2
+    assert "holds no sweep to resume" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+def test_cleanup_stops_what_a_killed_sweep_left_and_nothing_else(tmp_path, capsys):
+    from sweeps import pairs
+    from sweeps.settings import RAY_PROCESSES
+    out = tmp_path / "out"
+    out.mkdir()
+    leftover, other = (subprocess.Popen(["sleep", "300"]) for _ in range(2))
+    try:
+        table = pairs._processes()
+        (out / RAY_PROCESSES).write_text(json.dumps(  # other's pid was since reused: never killed
+            [[leftover.pid, table[leftover.pid][1]], [other.pid, "1"]]), encoding="utf-8")
+        assert pairs.main(["--cleanup", "--output-dir", str(out)]) == 0
+        assert f"stopped 1 leftover Ray process(es) of {out}: pids {leftover.pid}" in \
+            capsys.readouterr().out
+        assert leftover.wait(timeout=10) == -signal.SIGKILL and other.poll() is None
+        assert not (out / RAY_PROCESSES).exists()
+    finally:
+        for proc in (leftover, other):
+            proc.kill()
+            proc.wait()
+    assert pairs.main(["--cleanup", "--output-dir", str(tmp_path / "none")]) == 2
+
+
+def test_rays_auth_token_is_private(tmp_path, monkeypatch):
+    from sweeps import pairs
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+    pairs.private_ray_token()  # none yet: written 0600 (Ray's own would follow the umask)
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    secret = token.read_text()
+    token.chmod(0o644)  # an existing one others can read: kept, made private
+    pairs.private_ray_token()
+    assert token.stat().st_mode & 0o777 == 0o600 and token.read_text() == secret
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_sweep_ends_its_runs_killed_says_how_to_resume_and_resumes(tmp_path, how):
+    """Ctrl-C (SIGINT to the whole process group) or SIGTERM (to the driver) once a trial runs:
+    the trials stop, every running MLflow run ends KILLED with a reason, one line says how to
+    resume, no traceback; Ray's token is private; --resume then finishes the sweep."""
+    out, home = tmp_path / "out", tmp_path / "home"
+    home.mkdir()
+    command = [sys.executable, "sweeps/pairs.py", "--config", write_sweep(tmp_path, epochs=3),
+               "--output-dir", str(out)]
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("RAY_AUTH_TOKEN", None)
+    driver = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None:
+        try:
+            if runs(out / "mlflow.db", "faults"):
+                break
+        except Exception:  # the store is being created
+            pass
+        time.sleep(0.2)
+    assert driver.poll() is None, "the sweep ended before it could be interrupted"
+    if how == "ctrl-c":
+        os.killpg(driver.pid, signal.SIGINT)
+    else:
+        driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=300)
+    signame = "SIGINT" if how == "ctrl-c" else "SIGTERM"
+    assert driver.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted ({signame}): continue with python sweeps/pairs.py --config "
+        f"{tmp_path / 'sweep.yaml'} --output-dir {out} --resume")
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert (home / ".ray" / "auth_token").stat().st_mode & 0o777 == 0o600
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("faults").experiment_id
+    every = client.search_runs([experiment_id], "")
+    assert not [r for r in every if r.info.status == "RUNNING"]
+    interrupted = [r for r in every if "killed_reason" in r.data.tags]
+    assert {r.data.tags["role"] for r in interrupted} >= {"trial", "target"}
+    assert all(f"interrupted ({signame}); --resume" in r.data.tags["killed_reason"]
+               for r in interrupted)
+    if how == "sigterm":
+        return
+    proc = subprocess.run(command + ["--resume"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    every = client.search_runs([experiment_id], "")
+    assert len([r for r in every if r.data.tags["role"] == "trial"]) == 2
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in every)
+    assert not [r for r in every if r.info.status == "FINISHED" and "killed_reason" in r.data.tags]

@@ -175,3 +175,56 @@ def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder,
     assert (code / "saved_model.py").is_file() and not (code / "sample_data").exists()
     tags = model.predict([["Ade", "went", "to", "Lagos"]])
     assert len(tags) == 1 and len(tags[0]) == 4
+
+
+def test_saving_never_replaces_a_folder_that_is_not_a_saved_model(synth_root, tmp_path, capsys,
+                                                                   monkeypatch):
+    """--save-model DIR: a folder without metaxl.json (or a file) is refused before training and
+    left as it was; --overwrite accepts it; a previous saved model or an empty folder is used."""
+    mine, file = tmp_path / "mine", tmp_path / "file"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    file.write_text("keep")
+    cfg = config(synth_root, epochs=1, method="joint")
+    (tmp_path / "trial.json").write_text(json.dumps(cfg.to_dict()))
+
+    def started(*args):
+        raise MetaXLError("training started")
+
+    monkeypatch.setattr(train, "build_trial", started)
+    for folder, message in [(mine, "is not a saved model"), (file, "is not a folder")]:
+        code = train.main(["--config", str(tmp_path / "trial.json"), "--save-model", str(folder)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{folder}: exists and {message}" in err, err
+        assert "training started" not in err
+    code = train.main(["--config", str(tmp_path / "trial.json"), "--save-model", str(mine),
+                       "--overwrite"])
+    assert code == 2 and "training started" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep" and file.read_text() == "keep"
+
+    monkeypatch.undo()
+    model, task_data, *_ = train.build_trial(cfg, torch.device("cpu"))
+    base = train._cached_encoder(cfg.encoder, cfg.seed)
+
+    def save(folder, **kwargs):
+        return save_model(folder, model, base, cfg, task_data.labels, {}, **kwargs)
+
+    with pytest.raises(MetaXLError, match=r"mine: exists and is not a saved model.*--overwrite"):
+        save(mine)
+    assert (mine / "notes.txt").read_text() == "keep"
+    save(mine, overwrite=True)
+    assert (mine / "metaxl.json").is_file() and not (mine / "notes.txt").exists()
+    save(mine)  # a previous saved model is replaced
+    (tmp_path / "empty").mkdir()
+    assert load_model(save(tmp_path / "empty")).task == "ner"
+
+
+def test_predict_command_refuses_a_bad_output_before_any_work(tmp_path, capsys, monkeypatch):
+    (tmp_path / "in.txt").write_text("Ade\n", encoding="utf-8")
+    monkeypatch.setattr(predict, "open_model", lambda *args: pytest.fail("loaded the model first"))
+    for output, message in [(tmp_path, "is a folder"),
+                            (tmp_path / "missing" / "out.txt", "does not exist")]:
+        code = predict.main(["--model", "models/yor", "--input", str(tmp_path / "in.txt"),
+                             "--output", str(output)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--output {output}" in err and message in err, err

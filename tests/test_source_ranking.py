@@ -1,6 +1,8 @@
 """Choosing source languages before training: language codes, pair features, the rankers and
 their metrics on hand-made matrices, and sweeps with `sources: {rank: auto, ...}`."""
 
+import contextlib
+import io
 import json
 import math
 import subprocess
@@ -370,3 +372,17 @@ def test_the_command_evaluates_the_rankers_on_a_matrix_and_writes_json(tmp_path)
     matrix.write_text(json.dumps({"ner:conll2003:en": {"ner:masakhaner2:yor": 0.3}}))
     proc = rank_command("--evaluate", "--matrix", matrix)
     assert proc.returncode == 2 and "no target with two measured sources" in proc.stderr
+
+
+def test_a_target_without_data_is_warned_about_once_before_the_table():
+    from sweeps import rank_sources
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = rank_sources.main(["--target", "ner:masakhaner2:zul", "--candidates",
+                                  "ner:conll2003:en", "ner:masakhaner2:hau", "--no-matrix",
+                                  "--data-root", str(SAMPLE_ROOT)])
+    lines = printed.getvalue().splitlines()
+    assert code == 0 and lines[1] == "sources for ner:masakhaner2:zul, best first:", lines
+    assert lines[0].startswith("warning: target ner:masakhaner2:zul: its train split cannot be "
+                               "read") and "no language 'zul'" in lines[0], lines
+    assert sum("'zul'" in line for line in lines) == 1, lines

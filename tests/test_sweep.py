@@ -249,8 +249,9 @@ trial: {encoder: tiny-bert, epochs: 3, source_train_size: 40, target_train_size:
 
 
 def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_path):
-    """SIGKILL the driver before any trial, with trials running before Tune's first snapshot,
-    and after some finished; each --resume continues the same attempt and the last one ends it."""
+    """SIGKILL the driver before any trial, just after Tune wrote tuner.pkl, with trials running
+    before Tune's first snapshot, and after some finished; each --resume continues the same
+    attempt and the last one ends it."""
     from sweeps.pairs import _processes, stop_leftover_ray
     from sweeps.settings import RAY_PROCESSES
     config, out = tmp_path / "sweep.yaml", tmp_path / "out"
@@ -267,6 +268,8 @@ def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_pa
             return []
 
     moments = [lambda: (out / "sweep_id.txt").exists(),  # before any trial
+               # Tune wrote tuner.pkl, not yet its first snapshot (a window of about a second)
+               lambda: bool(list((out / "tune").glob("*/tuner.pkl"))),
                lambda: len(runs()) >= 1,  # trials running, before any snapshot
                lambda: any(r.info.status == "FINISHED" for r in runs())]  # some finished
     left_behind = {}
@@ -276,7 +279,7 @@ def test_resume_after_killing_the_driver_leaves_exactly_one_run_per_trial(tmp_pa
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.time() + 300
             while not moment() and driver.poll() is None and time.time() < deadline:
-                time.sleep(0.2)
+                time.sleep(0.05)
             assert driver.poll() is None, f"the sweep ended before kill moment {index}"
             if (out / RAY_PROCESSES).exists():
                 left_behind.update(json.loads((out / RAY_PROCESSES).read_text()))

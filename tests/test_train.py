@@ -127,3 +127,24 @@ def test_test_split_is_scored_once_with_the_best_dev_model(synth_root, monkeypat
     for key, value in seen["dev"][0].items():
         assert torch.equal(seen["test"][0][key], value), key
     assert any(not torch.equal(seen["dev"][-1][k], v) for k, v in seen["dev"][0].items())
+
+
+def test_a_cuda_device_without_cuda_is_a_config_error(synth_root, monkeypatch):
+    """`device: cuda[:N]` never falls back to the CPU silently; `auto` does."""
+    from metaxl_core.train import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match=rf"device: '{device}'.*use device: cpu or device: auto"):
+            run_trial(config(synth_root, epochs=1, device=device))
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_the_train_command_with_its_defaults_names_the_flag_to_lower(monkeypatch, capsys):
+    """The defaults ask for more source examples than the bundled sample has: the error names
+    the flag and how many there are."""
+    from metaxl_core.train import main
+    monkeypatch.delenv("METAXL_DATA_ROOT", raising=False)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "has 200 examples" in err and "--source-train-size N with N <= 200" in err, err
