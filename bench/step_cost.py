@@ -181,9 +181,12 @@ def reference_step(model: MetaXLModel, theta_opt, phi_opt, source: dict, t1: dic
     _clip_and_step(model, theta_opt, max_grad_norm)
 
 
-def run_variant(variant: str, model, theta_opt, phi_opt, data: dict) -> None:
-    """One step of `variant`, finished on the device when this returns."""
-    with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
+def run_variant(variant: str, model, theta_opt, phi_opt, data: dict,
+                precision: str | None = None) -> None:
+    """One step of `variant` in `precision` (default --precision), finished on the device when
+    this returns."""
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16,
+                        enabled=(precision or PRECISION) == "bf16"):
         _step(variant, model, theta_opt, phi_opt, data)
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
@@ -260,9 +263,14 @@ def time_fidelity(config: str, frozen: int, repeats: int, warmup: int) -> dict:
         phi_opt = torch.optim.Adam(model.phi().values(), lr=1e-3)
         if layer == last:
             steps["cached joint"] = functools.partial(run_variant, "joint", model, theta_opt,
-                                                      phi_opt, cached_data)
+                                                      phi_opt, cached_data, precision="fp32")
         steps[f"cached metaxl k={layer}"] = functools.partial(run_variant, "metaxl", model,
-                                                              theta_opt, phi_opt, cached_data)
+                                                              theta_opt, phi_opt, cached_data,
+                                                              precision="fp32")
+    if PRECISION == "bf16":  # the cached steps again under bf16 autocast, same models, same run
+        for name in [n for n in steps if n.startswith("cached")]:
+            steps[f"{name} bf16"] = functools.partial(steps[name].func, *steps[name].args,
+                                                      precision="bf16")
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -290,6 +298,12 @@ def time_fidelity(config: str, frozen: int, repeats: int, warmup: int) -> dict:
             "ratio_cached_joint_to_full_joint": ratio("cached joint", "full joint"),
             "ratio_cached_metaxl_to_cached_joint": {
                 name: ratio(name, "cached joint") for name in steps if "metaxl" in name},
+            **({"ratio_bf16_to_fp32": {name: ratio(f"{name} bf16", name) for name in steps
+                                       if name.startswith("cached") and not name.endswith("bf16")},
+                "ratio_bf16_metaxl_to_bf16_joint": {
+                    name: ratio(name, "cached joint bf16") for name in steps
+                    if "metaxl" in name and name.endswith("bf16")}}
+               if PRECISION == "bf16" else {}),
             "cache_fill_s_per_1000_sentences": fill_s / (64 * len(sentences)) * 1000,
             "cache_bytes_per_token": sum(t.numel() * t.element_size() for split in stored
                                          for t in split) / tokens,
@@ -398,7 +412,8 @@ def main(argv=None) -> None:
                              "timings swung by several x between rounds)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16: steps under torch.autocast(bfloat16) (meant for CUDA)")
+                        help="bf16: steps under torch.autocast(bfloat16); with --fidelity, the "
+                        "cached steps run in both fp32 and bf16, interleaved in one run")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak TFLOP/s for MFU (default: known cards only)")
     parser.add_argument("--seq-len", type=int, default=SEQ_LEN, help="tokens per sequence")
@@ -489,6 +504,8 @@ def fidelity_report(configs: list[str], args) -> None:
         print(f"{'':10s} cached joint / full joint {result['ratio_cached_joint_to_full_joint']:.2f}x; "
               + "; ".join(f"{n} / cached joint {r:.2f}x"
                           for n, r in result["ratio_cached_metaxl_to_cached_joint"].items())
+              + "".join(f"; {n} bf16 / fp32 {r:.2f}x"
+                        for n, r in result.get("ratio_bf16_to_fp32", {}).items())
               + f"; cache fill {result['cache_fill_s_per_1000_sentences']:.1f} s per 1000 sentences "
               f"of {SEQ_LEN} tokens, {result['cache_bytes_per_token']:.0f} bytes per token", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

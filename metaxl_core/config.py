@@ -27,6 +27,7 @@ HYPERGRADIENTS = ("exact", "truncated", "finite_difference")
 SOURCE_SAMPLING = ("proportional", "uniform", "learned")
 RTN_MIXING = ("sequential", "softmax")
 RTN_DESIGNS = ("official", "identity")
+PRECISIONS = ("fp32", "bf16", "auto")
 # The official RTN detaches its input, so a second RTN in the same pass would cut the lower RTN's
 # path to the loss out of the hypergradient: it would no longer be the derivative of the meta loss.
 SEQUENTIAL_OFFICIAL = ("the official RTN design combines several RTN layers only with rtn_mixing "
@@ -100,6 +101,11 @@ class TrialConfig:
     source_sampling: str = "proportional"
     sampling_lr: float = 0.1  # step size of the learned sampling distribution
 
+    # each step's main batch (the source; target only's target) drawn from similar-length
+    # sentences (`sampling.length_grouped_batches`): less padding, the same examples per epoch;
+    # one source only (with several, each step samples its source)
+    group_by_length: bool = False
+
     # --- evaluation: dev at every epoch end and every eval_every updates (0: epoch ends only);
     # the model of the best dev evaluation is kept and scores the test split once, at the end ---
     eval_every: int = 0
@@ -114,7 +120,11 @@ class TrialConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping
     seed: int = 11
-    device: str = "auto"  # "auto": CUDA when available, else CPU
+    device: str = "auto"  # "auto": CUDA when available, else CPU; "cuda[:N]" must be there
+    # "bf16": steps and evaluations run under torch.autocast(bfloat16) (weights, optimizer state
+    # and cached states stay float32); "auto": bf16 where the hardware has it (a CUDA GPU with
+    # bf16, a CPU with AVX512-BF16 or AMX), else fp32
+    precision: str = "fp32"
 
     # --- output ---
     output_dir: str | None = None
@@ -193,6 +203,8 @@ class TrialConfig:
                f"must be 'binary' or '3way', got {self.sentiment_labels!r}")
         _check(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None, "device",
                f"must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _check(self.precision in PRECISIONS, "precision",
+               f"must be one of {PRECISIONS}, got {self.precision!r}")
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

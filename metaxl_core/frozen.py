@@ -4,10 +4,10 @@ output is computed once per example and cached, and training runs layers k+1..L 
     top, splits, collator = frozen_fidelity(encoder, name, k, splits, collator)
 
 The hidden states after layer k are computed in eval mode (no dropout), stored unpadded per
-example in float32, kept in memory for the worker process and on disk under
-`<cache>/hidden/<key>.pt`, one file per split, keyed by the encoder's name, a fingerprint of its
-frozen weights, k and the split's token ids, so repeated trials, other methods on the same data
-and resumed sweeps skip the computation. Batches carry the cached states in place of the
+example in float32, kept in memory for the worker process (the splits used last, up to
+METAXL_HIDDEN_CACHE_MB) and on disk under `<cache>/hidden/<key>.pt`, one file per split, keyed
+by the encoder's name, a fingerprint of its frozen weights, k and the split's token ids, so
+repeated trials, other methods on the same data and resumed sweeps skip the computation. Batches carry the cached states in place of the
 token ids (`MetaXLModel(..., frozen_layers=k)` reads them).
 """
 
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from cachetools import LRUCache
 from torch.nn.utils.rnn import pad_sequence
 
 from metaxl_core.encoders import cache_root
@@ -56,7 +57,16 @@ def collate_cached(collator, features: list[dict]) -> dict:
     return batch
 
 
-_MEMORY: dict[str, list[torch.Tensor]] = {}
+def _states_bytes(states: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in states)
+
+
+# The worker process's in-memory copy of the splits' states it used last, least recently used
+# dropped first once they exceed METAXL_HIDDEN_CACHE_MB (default 2048) in all; a split larger
+# than that is read from disk each time. Each entry is one split (train, dev or test of one
+# language) for one encoder, frozen depth and tokenisation.
+_MEMORY = LRUCache(maxsize=int(os.environ.get("METAXL_HIDDEN_CACHE_MB", "2048")) * 2**20,
+                   getsizeof=_states_bytes)
 
 
 def _split_states(bottom, model_key: list, features: list[dict], collator) -> list[torch.Tensor]:
@@ -67,16 +77,19 @@ def _split_states(bottom, model_key: list, features: list[dict], collator) -> li
         return []
     ids = [f["input_ids"] for f in features]
     key = hashlib.sha256(json.dumps([model_key, ids]).encode()).hexdigest()[:24]
-    if key not in _MEMORY:
-        path = cache_root() / "hidden" / f"{key}.pt"
-        if path.exists():
-            _MEMORY[key] = torch.load(path, weights_only=True)
-        else:
-            print(f"caching the hidden states after layer {model_key[2]} of {len(features)} "
-                  f"examples (once) in {path}", flush=True)
-            _MEMORY[key] = compute_states(bottom, features, collator)
-            _save(_MEMORY[key], path)
-    return _MEMORY[key]
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = cache_root() / "hidden" / f"{key}.pt"
+    if path.exists():
+        states = torch.load(path, weights_only=True)
+    else:
+        print(f"caching the hidden states after layer {model_key[2]} of {len(features)} "
+              f"examples (once) in {path}", flush=True)
+        states = compute_states(bottom, features, collator)
+        _save(states, path)
+    if _states_bytes(states) <= _MEMORY.maxsize:
+        _MEMORY[key] = states
+    return states
 
 
 @torch.no_grad()

@@ -10,9 +10,21 @@ from __future__ import annotations
 import random
 
 import torch
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from metaxl_core.config import TrialConfig
 from metaxl_core.names import DataSpec
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """One epoch's batches of similar-length examples, in random order: a random permutation
+    cut into mega-batches of 50 batches and sorted by length within each (Hugging Face's
+    `group_by_length` grouping), then the batches shuffled, so that long and short batches
+    interleave rather than run longest first. Each example is in exactly one batch."""
+    gen = torch.Generator().manual_seed(seed)
+    order = get_length_grouped_indices(lengths, batch_size, generator=gen)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
 def endless_batches(features: list[dict], batch_size: int, seed: int):

@@ -39,7 +39,7 @@ from metaxl_core.frozen import frozen_fidelity
 from metaxl_core.meta import metaxl_step, plain_step
 from metaxl_core.metrics import ner_scores, sentiment_scores
 from metaxl_core.model import MetaXLModel
-from metaxl_core.sampling import SourceSampler, endless_batches
+from metaxl_core.sampling import SourceSampler, endless_batches, length_grouped_batches
 from metaxl_core.selection import improves
 
 EVAL_BATCH_SIZE = 64
@@ -81,10 +81,40 @@ def _data_config(cfg: TrialConfig) -> TrialConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when present; a requested but absent CUDA falls back to CPU."""
-    if name == "auto" or (name.startswith("cuda") and not torch.cuda.is_available()):
+    """"auto" picks CUDA when present, else the CPU; a CUDA device this machine lacks is a
+    ConfigError (never a silent fall back to the CPU)."""
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not (torch.cuda.is_available()
+                                      and (device.index or 0) < torch.cuda.device_count()):
+        raise ConfigError(f"device: {name!r} is not available here ({torch.cuda.device_count()} "
+                          "CUDA devices); use device: cpu or device: auto (CUDA when available)")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX (Linux's cpuinfo flags; elsewhere no)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """"fp32" or "bf16": "auto" is bf16 where `device` has it natively."""
+    if name == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return name
+
+
+def autocast(precision: str, device: torch.device):
+    """The context the steps and evaluations run in: bf16 autocast, or nothing for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _remap(features: list[dict], id_map: torch.Tensor) -> list[dict]:
@@ -92,9 +122,14 @@ def _remap(features: list[dict], id_map: torch.Tensor) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- batches
-def _loader(features, collator, batch_size, seed, shuffle=True) -> DataLoader:
+def _loader(features, collator, batch_size, seed, group_by_length=False) -> DataLoader:
+    """One shuffled epoch of `features`; `group_by_length`: batches of similar length
+    (`sampling.length_grouped_batches`), less padding."""
+    if group_by_length:
+        batches = length_grouped_batches([len(f["input_ids"]) for f in features], batch_size, seed)
+        return DataLoader(features, batch_sampler=batches, collate_fn=collator)
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(features, batch_size=batch_size, shuffle=shuffle, generator=gen,
+    return DataLoader(features, batch_size=batch_size, shuffle=True, generator=gen,
                       collate_fn=collator)
 
 
@@ -141,16 +176,16 @@ def predict(model: MetaXLModel, encoded, collator, labels: list[str], task: str,
     """The predicted label of each example of `encoded`: for NER a tag per word, words cut off
     by truncation tagged `O`; for sentiment one label."""
     model.eval()
-    predictions = []
-    for batch in _loader(encoded.features, collator, EVAL_BATCH_SIZE, 0, shuffle=False):
-        batch = _to(batch, device)
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        if task == "ner":
-            best = logits.argmax(-1)
-            for row, row_labels in zip(best, batch["labels"]):
-                predictions.append([labels[i] for i in row[row_labels != -100].tolist()])
-        else:
-            predictions += [labels[i] for i in logits.argmax(-1).tolist()]
+    features = encoded.features  # batched by length (least padding), answered in their order
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    predictions: list = [None] * len(features)
+    for start in range(0, len(order), EVAL_BATCH_SIZE):
+        rows = order[start:start + EVAL_BATCH_SIZE]
+        batch = _to(collator([features[i] for i in rows]), device)
+        best = model(batch["input_ids"], batch["attention_mask"]).argmax(-1)
+        for i, row, row_labels in zip(rows, best, batch["labels"]):
+            predictions[i] = ([labels[k] for k in row[row_labels != -100].tolist()]
+                              if task == "ner" else labels[row.item()])
     model.train()
     if task == "ner":
         return [p + ["O"] * (len(g) - len(p)) for p, g in zip(predictions, encoded.gold)]
@@ -228,7 +263,7 @@ def build_trial(cfg: TrialConfig, device: torch.device):
 
 def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | None = None,
               progress: bool = False, model_dir: str | Path | None = None,
-              score_on: dict[str, list[dict]] | None = None) -> dict:
+              overwrite_model: bool = False, score_on: dict[str, list[dict]] | None = None) -> dict:
     """Train and evaluate one configuration; returns the results dict (also written to
     `output_dir/results.json` when set).
 
@@ -237,7 +272,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         report: optional `report(metrics, checkpoint)` called after each epoch's evaluation.
         resume_from: a checkpoint dict given to `report` earlier; training continues after it.
         progress: show a tqdm bar per epoch.
-        model_dir: save the best dev model there, without its RTN (`metaxl_core.saved_model`).
+        model_dir: save the best dev model there, without its RTN (`metaxl_core.saved_model`);
+            a folder that is not a saved model is refused before training unless `overwrite_model`.
         score_on: {name: examples} of other datasets the best dev model also scores (`score_other`),
             in results["scored_on"][name].
     """
@@ -246,8 +282,13 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         raise ConfigError(f"output_dir: {cfg.output_dir} exists and is not a folder")
     if score_on and cfg.trim_vocab and not cfg.freeze_layers:
         raise ConfigError(TRIMMED_VOCAB_SCORING)
+    if model_dir is not None:
+        from metaxl_core.saved_model import check_model_folder  # it imports this module
+
+        check_model_folder(model_dir, overwrite_model)
     started, cpu_started = time.perf_counter(), time.process_time()
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
@@ -316,95 +357,96 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     final_test = None
     n_meta = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * cfg.meta_fraction)))
     timing = {"time/setup_s": time.perf_counter() - started, "time/train_s": 0.0, "time/eval_s": 0.0}
-    for epoch in range(first_epoch, cfg.epochs):
-        epoch_started = time.perf_counter()
-        eval_seconds = 0.0
-        epoch_seed = cfg.seed * 1000 + epoch
-        target_batches = endless_batches(splits["target_train"].features, cfg.batch_size,
-                                          epoch_seed)
-        if sampler is None:
-            step_batches = ((0, b) for b in _loader(steps_data.features, collator, cfg.batch_size,
-                                                    epoch_seed))
-        else:
-            step_batches = sampler.batches(steps_data.features, collator, cfg.batch_size,
-                                           steps_per_epoch, epoch_seed)
-        bar = tqdm(step_batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
-        losses: dict[str, float] = {}
-        for index, (source_index, batch) in enumerate(bar):
-            batch = _to(batch, device)
-            if cfg.method in SPLIT_TARGET_METHODS:
-                target = next(target_batches)
-                t1 = _to(collator(target[:cfg.batch_size - n_meta]), device)
-            if cfg.method == "metaxl":
-                t2 = _to(collator(target[cfg.batch_size - n_meta:]), device)
-                step = metaxl_step(model, theta_opt, phi_opt, batch, t1, t2,
-                                   virtual_lr=cfg.virtual_lr or scheduler.get_last_lr()[0],
-                                   mode=cfg.hypergradient,
-                                   max_grad_norm=cfg.max_grad_norm, source_index=source_index)
-                if sampler is not None:
-                    sampler.update(source_index, step["grad_alignment"])
-                phi_scheduler.step()
-            elif cfg.method == "frozen_rtn":
-                step = plain_step(model, theta_opt, [t1], cfg.max_grad_norm, rtn_batch=batch,
-                                  source_index=source_index)
-            elif cfg.method == "joint_t1":
-                step = plain_step(model, theta_opt, [batch, t1], cfg.max_grad_norm)
-            elif cfg.method == "joint":
-                target = _to(collator(next(target_batches)), device)
-                step = plain_step(model, theta_opt, [batch, target], cfg.max_grad_norm)
-            else:  # source_only, target_only: one language
-                step = plain_step(model, theta_opt, [batch], cfg.max_grad_norm)
-            scheduler.step()
-            updates += 1
-            for key, value in step.items():
-                losses[key] = losses.get(key, 0.0) + value / steps_per_epoch
-            bar.set_postfix({k: f"{v:.3f}" for k, v in step.items()})
-            if cfg.eval_every and updates % cfg.eval_every == 0 and index + 1 < steps_per_epoch:
-                eval_started = time.perf_counter()
-                evaluate_dev(epoch)
-                eval_seconds += time.perf_counter() - eval_started
-        eval_started = time.perf_counter()
-        metrics = {"epoch": epoch + 1, "step": updates,
-                   **{f"train/{k}": v for k, v in losses.items()},
-                   **(sampler.metrics() if sampler is not None else {}),
-                   **_rtn_movement(model, movement_batches), **evaluate_dev(epoch)}
-        if cfg.test_every_eval:
-            metrics.update({f"test/{k}": v for k, v in evaluate(
-                model, splits["target_test"], collator, labels, cfg.task, device).items()})
-        metrics.update({"best/dev_f1": best["dev/f1"], "best/step": best["step"],
-                        "best/epoch": best["epoch"]})
-        if epoch + 1 == cfg.epochs:
-            final_test = test_best()
-            metrics.update({"best/test_f1": final_test["test/f1"],
-                            **{f"final/{k}": v for k, v in final_test.items()}})
-        timing["time/eval_s"] += eval_seconds + time.perf_counter() - eval_started
-        timing["time/train_s"] += eval_started - epoch_started - eval_seconds
-        # what the trial cost so far (not in history, which repeats exactly): updates, CPU seconds
-        # of this process, seconds on a GPU
-        cost = {"cost/updates": updates, "cost/cpu_s": time.process_time() - cpu_started,
-                "cost/gpu_s": time.perf_counter() - started if device.type == "cuda" else 0.0}
-        history.append(metrics)
-        if progress:
-            print(_format_epoch(metrics), flush=True)
-        if report is not None:
-            # with cumulative seconds of loading + tokenising, training steps and evaluation, and cost
-            report({**metrics, **timing, **cost}, {
-                "epoch": epoch, "updates": updates, "cpu_s": cost["cost/cpu_s"],
-                "history": list(history),
-                "evaluations": list(evaluations), "best": best, "best_state": best_state,
-                "model": model.state_dict(),
-                "theta_optimizer": theta_opt.state_dict(), "scheduler": scheduler.state_dict(),
-                "phi_optimizer": phi_opt.state_dict() if phi_opt is not None else None,
-                "phi_scheduler": phi_scheduler.state_dict() if phi_opt is not None else None,
-                "sampler": sampler.state_dict() if sampler is not None else None,
-                "torch_rng": torch.get_rng_state(),
-            })
+    with autocast(precision, device):  # fp32 master weights, optimizer state and cache
+        for epoch in range(first_epoch, cfg.epochs):
+            epoch_started = time.perf_counter()
+            eval_seconds = 0.0
+            epoch_seed = cfg.seed * 1000 + epoch
+            target_batches = endless_batches(splits["target_train"].features, cfg.batch_size,
+                                              epoch_seed)
+            if sampler is None:
+                step_batches = ((0, b) for b in _loader(steps_data.features, collator, cfg.batch_size,
+                                                        epoch_seed, cfg.group_by_length))
+            else:
+                step_batches = sampler.batches(steps_data.features, collator, cfg.batch_size,
+                                               steps_per_epoch, epoch_seed)
+            bar = tqdm(step_batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not progress, leave=False)
+            losses: dict[str, float] = {}
+            for index, (source_index, batch) in enumerate(bar):
+                batch = _to(batch, device)
+                if cfg.method in SPLIT_TARGET_METHODS:
+                    target = next(target_batches)
+                    t1 = _to(collator(target[:cfg.batch_size - n_meta]), device)
+                if cfg.method == "metaxl":
+                    t2 = _to(collator(target[cfg.batch_size - n_meta:]), device)
+                    step = metaxl_step(model, theta_opt, phi_opt, batch, t1, t2,
+                                       virtual_lr=cfg.virtual_lr or scheduler.get_last_lr()[0],
+                                       mode=cfg.hypergradient,
+                                       max_grad_norm=cfg.max_grad_norm, source_index=source_index)
+                    if sampler is not None:
+                        sampler.update(source_index, step["grad_alignment"])
+                    phi_scheduler.step()
+                elif cfg.method == "frozen_rtn":
+                    step = plain_step(model, theta_opt, [t1], cfg.max_grad_norm, rtn_batch=batch,
+                                      source_index=source_index)
+                elif cfg.method == "joint_t1":
+                    step = plain_step(model, theta_opt, [batch, t1], cfg.max_grad_norm)
+                elif cfg.method == "joint":
+                    target = _to(collator(next(target_batches)), device)
+                    step = plain_step(model, theta_opt, [batch, target], cfg.max_grad_norm)
+                else:  # source_only, target_only: one language
+                    step = plain_step(model, theta_opt, [batch], cfg.max_grad_norm)
+                scheduler.step()
+                updates += 1
+                for key, value in step.items():
+                    losses[key] = losses.get(key, 0.0) + value / steps_per_epoch
+                bar.set_postfix({k: f"{v:.3f}" for k, v in step.items()})
+                if cfg.eval_every and updates % cfg.eval_every == 0 and index + 1 < steps_per_epoch:
+                    eval_started = time.perf_counter()
+                    evaluate_dev(epoch)
+                    eval_seconds += time.perf_counter() - eval_started
+            eval_started = time.perf_counter()
+            metrics = {"epoch": epoch + 1, "step": updates,
+                       **{f"train/{k}": v for k, v in losses.items()},
+                       **(sampler.metrics() if sampler is not None else {}),
+                       **_rtn_movement(model, movement_batches), **evaluate_dev(epoch)}
+            if cfg.test_every_eval:
+                metrics.update({f"test/{k}": v for k, v in evaluate(
+                    model, splits["target_test"], collator, labels, cfg.task, device).items()})
+            metrics.update({"best/dev_f1": best["dev/f1"], "best/step": best["step"],
+                            "best/epoch": best["epoch"]})
+            if epoch + 1 == cfg.epochs:
+                final_test = test_best()
+                metrics.update({"best/test_f1": final_test["test/f1"],
+                                **{f"final/{k}": v for k, v in final_test.items()}})
+            timing["time/eval_s"] += eval_seconds + time.perf_counter() - eval_started
+            timing["time/train_s"] += eval_started - epoch_started - eval_seconds
+            # what the trial cost so far (not in history, which repeats exactly): updates, CPU seconds
+            # of this process, seconds on a GPU
+            cost = {"cost/updates": updates, "cost/cpu_s": time.process_time() - cpu_started,
+                    "cost/gpu_s": time.perf_counter() - started if device.type == "cuda" else 0.0}
+            history.append(metrics)
+            if progress:
+                print(_format_epoch(metrics), flush=True)
+            if report is not None:
+                # with cumulative seconds of loading + tokenising, training steps and evaluation, and cost
+                report({**metrics, **timing, **cost}, {
+                    "epoch": epoch, "updates": updates, "cpu_s": cost["cost/cpu_s"],
+                    "history": list(history),
+                    "evaluations": list(evaluations), "best": best, "best_state": best_state,
+                    "model": model.state_dict(),
+                    "theta_optimizer": theta_opt.state_dict(), "scheduler": scheduler.state_dict(),
+                    "phi_optimizer": phi_opt.state_dict() if phi_opt is not None else None,
+                    "phi_scheduler": phi_scheduler.state_dict() if phi_opt is not None else None,
+                    "sampler": sampler.state_dict() if sampler is not None else None,
+                    "torch_rng": torch.get_rng_state(),
+                })
 
-    if final_test is None:  # resumed after its last epoch
-        final_test = test_best()
-    scored_on = {name: score_other(model, cfg, labels, examples, device)  # the best dev model
-                 for name, examples in (score_on or {}).items()}
+        if final_test is None:  # resumed after its last epoch
+            final_test = test_best()
+        scored_on = {name: score_other(model, cfg, labels, examples, device)  # the best dev model
+                     for name, examples in (score_on or {}).items()}
     wall = time.perf_counter() - started
     results = {
         "config": cfg.to_dict(),
@@ -428,13 +470,14 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
         "timing_s": {k.split("/")[1][:-2]: round(v, 3) for k, v in timing.items()},
         "steps_per_s": round(steps_per_epoch * (cfg.epochs - first_epoch) / wall, 3),
         "device": str(device),
+        "precision": precision,
         "torch": torch.__version__,
     }
     if model_dir is not None:  # the model of the best dev evaluation is loaded (test_best)
         from metaxl_core.saved_model import save_model  # it imports this module
 
         save_model(model_dir, model, _cached_encoder(cfg.encoder, cfg.seed), cfg, labels,
-                   results["final"])
+                   results["final"], overwrite_model)
     if cfg.output_dir:
         write_results(Path(cfg.output_dir), results)
     return results
@@ -460,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="trial YAML (a TrialConfig mapping, or an exported file)")
     parser.add_argument("--save-model", metavar="DIR", help="save the best dev model (without "
                         "its RTN) in DIR, for `python -m metaxl_core.predict --model DIR`")
+    parser.add_argument("--overwrite", action="store_true", help="with --save-model: replace DIR "
+                        "even when it is not a saved model (a saved model is always replaced)")
     for f in dataclasses.fields(TrialConfig):
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(flag, dest=f.name, default=None, metavar="VALUE",
@@ -470,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("config", "save_model") and v is not None}
+                 if k not in ("config", "save_model", "overwrite") and v is not None}
     try:
         if args.config:
             cfg = TrialConfig.from_yaml(args.config, overrides)
@@ -478,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = TrialConfig.from_dict(overrides, source="command line")
         print(f"trial: {cfg.method} {cfg.source or '-'} -> {cfg.target} on {cfg.encoder}",
               flush=True)
-        results = run_trial(cfg, progress=True, model_dir=args.save_model)
+        results = run_trial(cfg, progress=True, model_dir=args.save_model,
+                            overwrite_model=args.overwrite)
     except MetaXLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
