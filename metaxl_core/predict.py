@@ -64,7 +64,7 @@ def tracking_uri(uri: str):
 def open_model(name: str, mlflow_uri: str | None = None) -> SavedModel:
     """A saved folder, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS,
     runs:/RUN_ID/model) resolved in `mlflow_uri` (default: $MLFLOW_TRACKING_URI, else the
-    default sweep's store)."""
+    default sweep's store): the saved folder the registered pyfunc model holds."""
     if not name.startswith(MLFLOW_SCHEMES):
         return load_model(name)
     import mlflow
@@ -76,13 +76,14 @@ def open_model(name: str, mlflow_uri: str | None = None) -> SavedModel:
                           "(the sweep's, e.g. sqlite:///runs/sweep/mlflow.db)")
     try:
         with tracking_uri(uri):
-            model = mlflow.pyfunc.load_model(name)
+            local = Path(mlflow.artifacts.download_artifacts(name))
     except MlflowException as err:
         registered = [m.name for m in mlflow.MlflowClient(uri, uri).search_registered_models()]
         raise MetaXLError(f"cannot load {name!r} from {uri}: {err.message.splitlines()[0]}\n"
                           f"registered models there: {registered or 'none'} (--mlflow-uri sets "
                           "the store)") from None
-    return model.unwrap_python_model().model
+    artifacts = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]
+    return load_model(local / artifacts["model"]["path"])
 
 
 def format_predictions(task: str, lines: list[str], predictions: list) -> list[str]:

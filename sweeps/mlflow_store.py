@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 import urllib.parse
@@ -181,9 +180,8 @@ def logged_evaluations(client: MlflowClient, run_id: str) -> list[dict]:
             return []
 
 
-# what loading and running a saved model imports (metaxl_core itself travels as code)
-MODEL_REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "seqeval",
-                      "scikit-learn", "pyyaml", "tqdm")
+# what the pyfunc model (sweeps/pyfunc_model.py) imports besides mlflow
+MODEL_REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors")
 
 
 def model_requirements() -> list[str]:
@@ -195,22 +193,16 @@ def model_requirements() -> list[str]:
 
 def register_model(uri: str, run_id: str, folder: str, name: str, tags: dict) -> str:
     """Log the saved model `folder` to run `run_id` as an MLflow pyfunc model (its code:
-    `sweeps/pyfunc_model.py`, with the `metaxl_core` modules copied in, not its sample data, so
-    a fresh environment with `model_requirements()` serves it), register it as `name` and tag
-    the new version; returns the version."""
-    import metaxl_core
+    `sweeps/pyfunc_model.py`, which needs no code of this project, so a fresh environment with
+    `model_requirements()` serves it), register it as `name` and tag the new version; returns
+    the version."""
     from metaxl_core.predict import tracking_uri  # torch: not for the Ray workers' imports
 
-    with tempfile.TemporaryDirectory() as code, tracking_uri(uri), \
-            mlflow.start_run(run_id=run_id):
-        package = Path(code) / "metaxl_core"
-        package.mkdir()
-        for module in Path(metaxl_core.__file__).parent.glob("*.py"):
-            shutil.copy2(module, package / module.name)
+    with tracking_uri(uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"model": str(folder)}, registered_model_name=name, await_registration_for=0,
-            code_paths=[str(package)], pip_requirements=model_requirements())
+            pip_requirements=model_requirements())
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri=uri)
     for key, value in tags.items():

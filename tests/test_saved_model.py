@@ -1,5 +1,6 @@
 """A trained model saved without its RTN: the same logits as the model in training (whole,
-cached fidelity, trimmed vocabulary), its recorded test F1 when reloaded, clear errors."""
+cached fidelity, trimmed vocabulary), through this project or plain transformers, its recorded
+test F1 when reloaded, the old folder format still read, clear errors."""
 
 import dataclasses
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForTokenClassification
 
 from metaxl_core import data as data_lib
 from metaxl_core import predict, train
@@ -39,10 +41,16 @@ def test_saved_model_gives_the_logits_of_the_model_in_training(synth_root, tmp_p
     encoded = data_lib.encode(task_data.target_test[:8], loaded.tokenizer, loaded.labels, "ner",
                               loaded.max_seq_length)
     reloaded_batch = loaded.collator(encoded.features)
+    tagger = AutoModelForTokenClassification.from_pretrained(tmp_path / "model")  # no project code
     with torch.no_grad():
         got = loaded.model(reloaded_batch["input_ids"], reloaded_batch["attention_mask"])
+        plain = tagger(input_ids=reloaded_batch["input_ids"],
+                       attention_mask=reloaded_batch["attention_mask"]).logits
     mask = batch["attention_mask"].bool()
     assert torch.allclose(got[mask], expected[mask], atol=1e-5), (got - expected)[mask].abs().max()
+    assert torch.allclose(plain[mask], expected[mask], atol=1e-5)
+    assert tagger.config.id2label == dict(enumerate(task_data.labels))
+    assert tagger.config.vocab_size == base[0].config.vocab_size  # trimmed rows put back
     test = splits["target_test"]
     first = dataclasses.replace(test, features=test.features[:8], gold=test.gold[:8])
     in_training = train.predict(model, first, collator, task_data.labels, "ner", torch.device("cpu"))
@@ -146,11 +154,10 @@ def test_predict_command_names_a_missing_mlflow_store(tmp_path, capsys):
     assert not (tmp_path / "absent.db").exists()
 
 
-def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder, tmp_path,
-                                                                  new_mlflow_store):
-    """The pyfunc model needs no unpublished package: metaxl_core's modules travel in its code
-    folder (not the bundled sample data), requirements.txt pins what it imports, and it loads
-    back and predicts."""
+def test_registered_model_needs_no_project_code(saved_folder, tmp_path, new_mlflow_store):
+    """The pyfunc model needs no unpublished package and no code of this project: its one file of
+    code loads the saved folder with transformers, requirements.txt pins what it imports, and it
+    loads back and tags sentences and word lists."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -170,11 +177,12 @@ def test_registered_model_carries_its_code_and_pinned_requirements(saved_folder,
         mlflow.set_tracking_uri(None)
     requirements = (local / "requirements.txt").read_text().split()
     names = {re.split(r"[=<>~!\[]", line)[0] for line in requirements}
-    assert "metaxl" not in names and {"torch", "transformers", "seqeval"} <= names, requirements
-    code = local / "code" / "metaxl_core"
-    assert (code / "saved_model.py").is_file() and not (code / "sample_data").exists()
-    tags = model.predict([["Ade", "went", "to", "Lagos"]])
-    assert len(tags) == 1 and len(tags[0]) == 4
+    assert names == {"mlflow", "torch", "transformers", "tokenizers", "safetensors"}, requirements
+    assert not (local / "code").exists()
+    words = ["Ade", "went", "to", "Lagos"]
+    tagged = model.predict(["Ade went to Lagos", words])
+    assert tagged[0] == tagged[1] and [row["word"] for row in tagged[0]] == words
+    assert [row["tag"] for row in tagged[0]] == load_model(saved_folder).predict([words])[0]
 
 
 def test_saving_never_replaces_a_folder_that_is_not_a_saved_model(synth_root, tmp_path, capsys,
@@ -228,3 +236,22 @@ def test_predict_command_refuses_a_bad_output_before_any_work(tmp_path, capsys, 
                              "--output", str(output)])
         err = capsys.readouterr().err
         assert code == 2 and f"--output {output}" in err and message in err, err
+
+
+def test_a_folder_of_the_first_format_still_loads(synth_root, tmp_path, saved_folder):
+    """Format 1 (`encoder/` saved by Hugging Face, `head.pt`): loaded and tagging as the same
+    model saved in the standard layout."""
+    from metaxl_core.saved_model import full_encoder
+
+    cfg = config(synth_root, method="joint")
+    model, task_data, *_ = train.build_trial(cfg, torch.device("cpu"))
+    base_encoder, tokenizer = train._cached_encoder(cfg.encoder, cfg.seed)
+    new = save_model(tmp_path / "new", model, (base_encoder, tokenizer), cfg, task_data.labels, {})
+    old = tmp_path / "old"
+    full_encoder(model, base_encoder).save_pretrained(old / "encoder")
+    tokenizer.save_pretrained(old / "encoder")
+    torch.save(model.classifier.state_dict(), old / "head.pt")
+    info = json.loads((new / "metaxl.json").read_text(encoding="utf-8"))
+    (old / "metaxl.json").write_text(json.dumps({**info, "format": 1}), encoding="utf-8")
+    sentences = [ex["tokens"] for ex in task_data.target_test]
+    assert load_model(old).predict(sentences) == load_model(new).predict(sentences)
