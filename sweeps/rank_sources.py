@@ -14,11 +14,15 @@ target's test F1 of a model trained on the source alone (zero-shot); absent pair
 measured. Rankers:
 
 - `weighted distance` (the transparent baseline): minus the mean of the five URIEL distances.
-- `learned`: a linear model over the standardised features, fitted by ridge regression on the
-  matrix's F1 centred per target (so it learns which source is better for a target, not which
-  targets are easy); the target being ranked is left out of the fit.
-- `always English` and `closest by genus` (most shared Glottolog family nodes, then nearest)
-  are the baselines the leave-one-target-out evaluation compares against.
+- `learned`: a linear model of a donor-quality term (how much better than average a source
+  transfers to the matrix's other targets) and the standardised features, fitted by ridge
+  regression on the matrix's F1 centred per target (so it learns which source is better for a
+  target, not which targets are easy), each weight's sign bounded so that a closer language or
+  a better donor never scores lower (SIGNS); the target being ranked is left out of the fit and
+  of the donor quality.
+- `unconstrained ridge` (the learned ranker's earlier form: the features alone, any sign),
+  `best donor` (the donor quality alone), `always English` and `closest by genus` (most shared
+  Glottolog family nodes, then nearest): what the leave-one-target-out evaluation compares it to.
 
 A target the matrix has measured for every candidate is ranked by its measured F1; any other is
 ranked by the learned model (the baseline without a matrix), with a warning. A target whose
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import lsq_linear
 
 from metaxl_core.atomic import write_atomic
 from metaxl_core.errors import ConfigError, DataError, MetaXLError
@@ -47,6 +52,11 @@ DEFAULT_MATRIX = Path(__file__).resolve().parents[1] / "results" / "transfer-mat
 RANKER_FEATURES = (*URIEL_FEATURES, "word_overlap", "subword_overlap", "entity_overlap",
                    "log_source_size")
 BASELINE_WEIGHTS = {name: -1.0 / len(URIEL_FEATURES) for name in URIEL_FEATURES}
+DONOR = "donor_quality"  # the learned ranker's term from the matrix (donor_quality)
+# The sign each weight of the learned ranker is bounded to: a smaller distance, a larger
+# overlap, a better donor or a larger source never lowers a candidate's score.
+SIGNS = {**{name: -1 for name in URIEL_FEATURES}, "word_overlap": 1, "subword_overlap": 1,
+         "entity_overlap": 1, "log_source_size": 1, DONOR: 1}
 NDCG_GAMMA = 10  # LangRank's relevance: the gold top 10 get 10, 9, ..., 1; the rest 0
 
 
@@ -91,6 +101,21 @@ def targets_of(matrix: dict) -> list[str]:
     return sorted({target for row in matrix.values() for target in row})
 
 
+def donor_quality(matrix: dict, target: str | None = None) -> dict[str, float]:
+    """How good a donor each source is to anyone: the mean, over the matrix's targets with two
+    or more measured sources other than `target` (its column is left out), of the source's F1
+    minus that target's mean F1."""
+    gaps = {}
+    for t in targets_of(matrix):
+        scores = scores_of(matrix, t)
+        if t == target or len(scores) < 2:
+            continue
+        mean = np.mean(list(scores.values()))
+        for source, f1 in scores.items():
+            gaps.setdefault(source, []).append(f1 - mean)
+    return {source: float(np.mean(gap)) for source, gap in gaps.items()}
+
+
 # ------------------------------------------------------------------------------ rankers
 def ranker_inputs(features: dict) -> dict[str, float]:
     """The RANKER_FEATURES of a pair's features (source size on a log10 scale)."""
@@ -103,13 +128,18 @@ def ranker_inputs(features: dict) -> dict[str, float]:
 @dataclass(frozen=True)
 class LinearRanker:
     """score = sum of weight * feature / scale, each feature centred over the candidates; the
-    terms of that sum are the features' contributions to a candidate's position."""
+    terms of that sum are the features' contributions to a candidate's position. With `donors`
+    (donor_quality of the fitted matrix), a candidate's DONOR input is its donor quality (0, an
+    average donor, for a source the matrix has not measured)."""
 
     weights: dict[str, float]
     scales: dict[str, float]
+    donors: dict[str, float] | None = None
 
     def rank(self, candidates: dict[str, dict]) -> list[dict]:
         """Candidates {source: ranker inputs}, best first: {source, score, contributions}."""
+        if self.donors is not None:
+            candidates = {s: {**f, DONOR: self.donors.get(s, 0.0)} for s, f in candidates.items()}
         means = {name: np.mean([f[name] for f in candidates.values()]) for name in self.weights}
         rows = []
         for source, features in candidates.items():
@@ -123,17 +153,23 @@ class LinearRanker:
 BASELINE = LinearRanker(BASELINE_WEIGHTS, {name: 1.0 for name in BASELINE_WEIGHTS})
 
 
-def fit_ranker(matrix: dict, features: dict, names: list[str], l2: float = 1.0) -> LinearRanker:
+def fit_ranker(matrix: dict, features: dict, names: list[str], l2: float = 1.0,
+               monotone: bool = True) -> LinearRanker:
     """Ridge regression of F1 on the features `names`, both centred per target (differences
     between a target's sources are what it learns), features scaled to unit variance.
-    `features[(source, target)]` holds ranker inputs. ConfigError when no target of the matrix
-    has two measured sources."""
+    monotone (the learned ranker): also the DONOR term (each pair's donor_quality without its
+    target's column), and each weight bounded to its SIGNS sign (lsq_linear on the ridge
+    system); else any sign (the unconstrained ridge). `features[(source, target)]` holds ranker
+    inputs. ConfigError when no target of the matrix has two measured sources."""
+    names = [*names, DONOR] if monotone else list(names)
     blocks, targets = [], []
     for target in targets_of(matrix):
         scores = scores_of(matrix, target)
         if len(scores) < 2:
             continue
-        x = np.array([[features[(s, target)][n] for n in names] for s in scores])
+        donors = donor_quality(matrix, target) if monotone else {}
+        rows = [{**features[(s, target)], DONOR: donors.get(s, 0.0)} for s in scores]
+        x = np.array([[row[n] for n in names] for row in rows])
         y = np.array(list(scores.values()))
         blocks.append(x - x.mean(axis=0))
         targets.append(y - y.mean())
@@ -143,8 +179,13 @@ def fit_ranker(matrix: dict, features: dict, names: list[str], l2: float = 1.0) 
     scales = x.std(axis=0)
     scales[scales == 0] = 1.0
     z = x / scales
-    weights = np.linalg.solve(z.T @ z + l2 * np.eye(len(names)), z.T @ y)
-    return LinearRanker(dict(zip(names, weights.tolist())), dict(zip(names, scales.tolist())))
+    signs = np.array([SIGNS[n] if monotone else 0 for n in names])
+    bounds = (np.where(signs > 0, 0, -np.inf), np.where(signs < 0, 0, np.inf))
+    ridge = math.sqrt(l2) * np.eye(len(names))  # rows that add l2 * |w|^2 to the squared error
+    weights = lsq_linear(np.vstack([z, ridge]), np.concatenate([y, np.zeros(len(names))]),
+                         bounds=bounds, method="bvls").x
+    return LinearRanker(dict(zip(names, weights.tolist())), dict(zip(names, scales.tolist())),
+                        donor_quality(matrix) if monotone else None)
 
 
 def common_features(rows) -> list[str]:
@@ -171,9 +212,10 @@ def top1_hit(ranked: list[str], f1: dict[str, float]) -> float:
     return float(f1[ranked[0]] == max(f1.values()))
 
 
-def f1_lost(ranked: list[str], f1: dict[str, float]) -> float:
-    """The oracle source's F1 minus the first-ranked source's."""
-    return max(f1.values()) - f1[ranked[0]]
+def f1_lost(ranked: list[str], f1: dict[str, float], k: int = 1) -> float:
+    """The oracle source's F1 minus the best of the first k ranked sources' (k 3: what a sweep
+    with `top_k: 3` can still find)."""
+    return max(f1.values()) - max(f1[s] for s in ranked[:k])
 
 
 def ndcg_at_k(ranked: list[str], f1: dict[str, float], k: int = 3) -> float:
@@ -189,9 +231,10 @@ def ndcg_at_k(ranked: list[str], f1: dict[str, float], k: int = 3) -> float:
 
 
 def leave_one_target_out(matrix: dict, features: dict, l2: float = 1.0) -> dict:
-    """Each target with two or more measured sources is ranked by every ranker, the learned one
-    fitted on the other targets; returns {ranker: {top1, ndcg@3, f1_lost, targets}} (means)
-    and `per_target`. `features[(source, target)]`: pair_features of every measured pair."""
+    """Each target with two or more measured sources is ranked by every ranker, the fitted ones
+    (and the donor quality) on the other targets; returns {ranker: {top1, ndcg@3, f1_lost,
+    f1_lost@3, targets}} (means) and `per_target`. `features[(source, target)]`: pair_features
+    of every measured pair."""
     inputs = {pair: ranker_inputs(f) for pair, f in features.items()}
     names = common_features(inputs[(s, t)] for t in targets_of(matrix) for s in scores_of(matrix, t))
     per_target = {}
@@ -201,21 +244,27 @@ def leave_one_target_out(matrix: dict, features: dict, l2: float = 1.0) -> dict:
             continue
         rest = {s: {t: v for t, v in row.items() if t != target} for s, row in matrix.items()}
         candidates = {s: inputs[(s, target)] for s in f1}
+        named = {s: {n: c[n] for n in names} for s, c in candidates.items()}
+        learned, ridge = (fit_ranker(rest, inputs, names, l2, monotone) for monotone in (True, False))
+        donors = donor_quality(rest)
         orders = {
-            "learned": [r["source"] for r in fit_ranker(rest, inputs, names, l2).rank(
-                {s: {n: c[n] for n in names} for s, c in candidates.items()})],
+            "learned": [r["source"] for r in learned.rank(named)],
+            "unconstrained ridge": [r["source"] for r in ridge.rank(named)],
+            "best donor": sorted(f1, key=lambda s: (-donors.get(s, 0.0), s)),
             "weighted distance": [r["source"] for r in BASELINE.rank(candidates)],
             "always English": always_english({s: features[(s, target)] for s in f1}),
             "closest by genus": closest_by_genus({s: features[(s, target)] for s in f1}),
         }
         per_target[target] = {name: {"top1": top1_hit(order, f1), "ndcg@3": ndcg_at_k(order, f1),
-                                     "f1_lost": f1_lost(order, f1), "first": order[0]}
+                                     "f1_lost": f1_lost(order, f1), "f1_lost@3": f1_lost(order, f1, 3),
+                                     "first": order[0]}
                               for name, order in orders.items()}
     summary = {}
-    for name in ("learned", "weighted distance", "always English", "closest by genus"):
+    for name in ("learned", "unconstrained ridge", "best donor", "weighted distance", "always English",
+                 "closest by genus"):
         rows = [scores[name] for scores in per_target.values()]
         summary[name] = {m: float(np.mean([r[m] for r in rows])) if rows else float("nan")
-                         for m in ("top1", "ndcg@3", "f1_lost")} | {"targets": len(rows)}
+                         for m in ("top1", "ndcg@3", "f1_lost", "f1_lost@3")} | {"targets": len(rows)}
     return summary | {"per_target": per_target}
 
 
@@ -260,7 +309,7 @@ def rank_candidates(target: str, candidates: list[str], features: dict,
             ranker = fit_ranker(rest, {pair: ranker_inputs(f) for pair, f in features.items()}, names)
             inputs = {s: {n: f[n] for n in names} for s, f in inputs.items()}
             warnings = [f"{target} is not measured for every candidate in the transfer matrix: "
-                        "ranked from features alone (the learned ranker)"]
+                        "ranked by the learned ranker (donor quality on the other targets and features)"]
         except ConfigError as err:
             warnings = [f"{err}: ranked by the weighted URIEL distance baseline"]
     rows = ranker.rank(inputs)
@@ -353,11 +402,11 @@ def main(argv: list[str] | None = None) -> int:
             if not result["per_target"]:
                 raise ConfigError("the transfer matrix has no target with two measured sources: "
                                   "nothing to evaluate")
-            print(f"{'ranker':<20} {'top-1':>6} {'NDCG@3':>7} {'F1 lost':>8}  targets")
+            print(f"{'ranker':<20} {'top-1':>6} {'NDCG@3':>7} {'F1 lost':>8} {'lost@3':>7}  targets")
             for name, row in result.items():
                 if name != "per_target":
                     print(f"{name:<20} {row['top1']:>6.2f} {row['ndcg@3']:>7.3f} "
-                          f"{row['f1_lost']:>8.3f}  {row['targets']}")
+                          f"{row['f1_lost']:>8.3f} {row['f1_lost@3']:>7.3f}  {row['targets']}")
             if args.json:
                 write_atomic(args.json, json.dumps(result, indent=1, sort_keys=True))
         else:
