@@ -28,6 +28,8 @@ SOURCE_SAMPLING = ("proportional", "uniform", "learned")
 RTN_MIXING = ("sequential", "softmax")
 RTN_DESIGNS = ("official", "identity")
 PRECISIONS = ("fp32", "bf16", "auto")
+WEIGHT_DECAY_MODES = ("adamw", "l2")
+THETA_STEPS = ("g", "official")
 # The official RTN detaches its input, so a second RTN in the same pass would cut the lower RTN's
 # path to the loss out of the hypergradient: it would no longer be the derivative of the meta loss.
 SEQUENTIAL_OFFICIAL = ("the official RTN design combines several RTN layers only with rtn_mixing "
@@ -117,8 +119,22 @@ class TrialConfig:
     lr: float = 3e-5  # inner (encoder + head) learning rate, AdamW
     meta_lr: float = 1e-6  # outer (RTN) learning rate, Adam, with the same warm-up and decay as lr
     weight_decay: float = 0.01
+    # how θ's optimizer applies weight_decay: "adamw" (decoupled, torch.optim.AdamW) or "l2"
+    # (torch.optim.Adam(weight_decay=...): the decay is added to the gradient before Adam's
+    # moments, as the released MetaXL code does)
+    weight_decay_mode: str = "adamw"
+    # L2 weight decay of Φ (the RTN), inside its Adam as in the released code (always "l2" mode);
+    # 0 = none. metaxl only: the other methods do not step Φ
+    rtn_weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping
+    # clipping of metaxl's θ step only (the released code: 10); None = max_grad_norm. The other
+    # methods always clip at max_grad_norm
+    metaxl_max_grad_norm: float | None = None
+    # metaxl's real θ step: "g" steps on the gradient computed before Φ's update (one source
+    # pass); "official" runs the source (through the updated RTN) and T1 again after Φ steps and
+    # steps θ on that gradient, as the released code does (one more forward/backward per step)
+    theta_step: str = "g"
     seed: int = 11
     device: str = "auto"  # "auto": CUDA when available, else CPU; "cuda[:N]" must be there
     # "bf16": steps and evaluations run under torch.autocast(bfloat16) (weights, optimizer state
@@ -131,6 +147,13 @@ class TrialConfig:
 
     def __post_init__(self):
         self.validate()
+
+    def planned_updates(self) -> int:
+        """The trial's optimizer updates: epochs x batches of its step data per epoch (the
+        source sample of every source; target only's target sample)."""
+        examples = self.target_train_size if self.method == "target_only" else \
+            self.source_train_size * len(self.sources)
+        return self.epochs * math.ceil(examples / self.batch_size)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -186,9 +209,16 @@ class TrialConfig:
                    f"lists a layer twice: {self.rtn_layers!r}")
             _check(not (self.rtn_design == "official" and self.rtn_mixing == "sequential"
                         and len(parts) > 1), "rtn_layers", SEQUENTIAL_OFFICIAL)
-        for name in ("lr", "meta_lr", "weight_decay", "max_grad_norm"):
+        for name in ("lr", "meta_lr", "weight_decay", "max_grad_norm", "rtn_weight_decay"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, name, f"must be >= 0, got {value}")
+        if self.metaxl_max_grad_norm is not None:
+            _check(math.isfinite(self.metaxl_max_grad_norm) and self.metaxl_max_grad_norm >= 0,
+                   "metaxl_max_grad_norm", f"must be >= 0 or null, got {self.metaxl_max_grad_norm}")
+        _check(self.weight_decay_mode in WEIGHT_DECAY_MODES, "weight_decay_mode",
+               f"must be one of {WEIGHT_DECAY_MODES}, got {self.weight_decay_mode!r}")
+        _check(self.theta_step in THETA_STEPS, "theta_step",
+               f"must be one of {THETA_STEPS}, got {self.theta_step!r}")
         _check(self.lr > 0, "lr", "must be > 0")
         if self.virtual_lr is not None:
             _check(math.isfinite(self.virtual_lr) and self.virtual_lr > 0, "virtual_lr",

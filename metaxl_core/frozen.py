@@ -7,8 +7,9 @@ The hidden states after layer k are computed in eval mode (no dropout), stored u
 example in float32, kept in memory for the worker process (the splits used last, up to
 METAXL_HIDDEN_CACHE_MB) and on disk under `<cache>/hidden/<key>.pt`, one file per split, keyed
 by the encoder's name, a fingerprint of its frozen weights, k and the split's token ids, so
-repeated trials, other methods on the same data and resumed sweeps skip the computation. Batches carry the cached states in place of the
-token ids (`MetaXLModel(..., frozen_layers=k)` reads them).
+repeated trials, other methods on the same data and resumed sweeps skip the computation.
+Batches carry the cached states in place of the token ids (`MetaXLModel(..., frozen_layers=k)`
+reads them).
 """
 
 from __future__ import annotations

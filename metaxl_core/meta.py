@@ -10,6 +10,8 @@ One MetaXL step with source batch S and target batches T1 (train) and T2 (meta):
 3. Φ gets -η (dg/dΦ)ᵀ v = d CE(T2; θ') / dΦ, the one-step unrolled hypergradient, by one
    backward through g's graph, and steps with its optimizer;
 4. θ steps with its own optimizer on g itself: the source batch is not run a second time.
+   `theta_step="official"` instead runs S (through the updated RTN) and T1 again after Φ's
+   step and steps θ on that gradient, as the released code does (one more forward/backward).
 
 `hypergradient="truncated"` makes the virtual step only over the parameters computed after
 the RTN (upper layers and head); the layers below keep θ. This is an approximation of the
@@ -190,12 +192,15 @@ def _read_losses(loss_source, loss_t1, meta_loss, alignment) -> dict:
 
 def metaxl_step(model: MetaXLModel, theta_optimizer, phi_optimizer, source: dict, t1: dict,
                 t2: dict, *, virtual_lr: float, mode: str, max_grad_norm: float,
-                source_index: int = 0) -> dict:
+                source_index: int = 0, theta_step: str = "g") -> dict:
     """One MetaXL step: update Φ with the hypergradient and θ with g. Returns the losses.
 
     `mode`: "exact", "truncated" (see `hypergradient`) or "finite_difference" (see
     `finite_difference_hypergradient`). Only the RTNs the source batch went through step;
-    the others keep no gradient, so their optimizer state does not move them."""
+    the others keep no gradient, so their optimizer state does not move them.
+    `theta_step`: "g" (θ steps on g, from before Φ's step) or "official" (θ steps on the
+    gradient of CE(S through the updated RTN) + CE(T1), a second pass; the losses returned
+    stay those of the first pass)."""
     if mode == "finite_difference":
         g, phi_grads, losses = finite_difference_hypergradient(model, source, t1, t2, virtual_lr,
                                                                source_index=source_index)
@@ -207,10 +212,20 @@ def metaxl_step(model: MetaXLModel, theta_optimizer, phi_optimizer, source: dict
         param.grad = phi_grads[name]
     phi_optimizer.step()
     phi_optimizer.zero_grad(set_to_none=True)
+    if theta_step == "official":
+        g = _train_gradient(model, source, t1, source_index)
     for name, param in model.theta().items():
         param.grad = g[name]
     _clip_and_step(model, theta_optimizer, max_grad_norm)
     return losses
+
+
+def _train_gradient(model: MetaXLModel, source: dict, t1: dict, source_index: int) -> dict:
+    """d/dθ [CE(S through the RTN as it is now) + CE(T1)], detached; Φ gets no gradient."""
+    theta = model.theta()
+    loss = model.loss(source, use_rtn=True, source_index=source_index) + model.loss(t1)
+    grads = torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
+    return {n: None if grad is None else grad.detach() for n, grad in zip(theta, grads)}
 
 
 def plain_step(model: MetaXLModel, optimizer, batches: list[dict], max_grad_norm: float, *,

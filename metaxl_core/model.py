@@ -31,7 +31,8 @@ RTN_PREFIX = "rtn"  # the RTN modules ("rtn.") and their mixing weights ("rtn_mi
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over labelled positions; -100 marks positions without a label."""
-    logits = logits.float()  # under bf16 autocast the loss is still taken in float32
+    if logits.dtype in (torch.bfloat16, torch.float16):  # under autocast: the loss in float32
+        logits = logits.float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                            ignore_index=-100)
 

@@ -6,6 +6,10 @@
   a search the earlier trial wins; across searches the order is arbitrary but fixed. The sweep
   summary (`sweeps/pairs.py`), the export (`sweeps/export.py`) and the report
   (`sweeps/report.py`) all use it, so on a tie they name the same trial.
+- The pick among configurations re-run with several seeds (a sweep's confirmation stage,
+  `confirmed_pick`): the highest mean dev F1 over seeds among those with the most seeds; on a
+  tie, the smallest trial id. It is reported against the anchor (the configuration a user would
+  run without sweeping) as a paired dev difference over seeds.
 - A missing or NaN dev F1 ranks below every number.
 - Seeds aggregate as mean ± sample standard deviation; MetaXL against JT as a paired
   difference over seeds (permutation test and bootstrap interval).
@@ -85,3 +89,36 @@ def paired_difference(a: dict, b: dict) -> dict | None:
                                n_resamples=9999, random_state=0).confidence_interval
     return {"n": len(seeds), "mean": float(diff.mean()), "ci95": [float(ci.low), float(ci.high)],
             "p": float(test.pvalue)}
+
+
+def mean_interval(values: Sequence[float]) -> list[float] | None:
+    """95% percentile-bootstrap interval of the mean over seeds; None below 2 values."""
+    import numpy as np
+    from scipy import stats as scipy_stats
+
+    if len(values) < 2:
+        return None
+    ci = scipy_stats.bootstrap((np.array(values, dtype=float),), np.mean, confidence_level=0.95,
+                               method="percentile", n_resamples=9999, random_state=0
+                               ).confidence_interval
+    return [float(ci.low), float(ci.high)]
+
+
+def confirmed_pick(candidates: dict[str, dict[int, float]], anchor: str | None) -> dict:
+    """The pick among configurations scored on several seeds: `candidates` maps a trial id to
+    {seed: dev F1}; `anchor` is the anchor's trial id (or None). Returns {pick, seeds, mean,
+    ci95, vs_anchor (the paired dev difference pick - anchor, see `paired_difference`; None
+    when the pick is the anchor or below 2 shared seeds), separated (its interval lies above
+    0), scores (per candidate: seeds, mean, ci95)}."""
+    if not candidates:
+        raise ValueError("confirmed_pick: no candidates")
+    most = max(len(seeds) for seeds in candidates.values())
+    scores = {trial: {"seeds": len(seeds), "mean": statistics.fmean(seeds.values()),
+                      "ci95": mean_interval(list(seeds.values()))}
+              for trial, seeds in candidates.items()}
+    pick = best_trial([t for t in candidates if len(candidates[t]) == most],
+                      lambda t: scores[t]["mean"], lambda t: t)
+    versus = None if anchor is None or anchor == pick or anchor not in candidates else \
+        paired_difference(candidates[pick], candidates[anchor])
+    return {"pick": pick, **scores[pick], "anchor": anchor, "vs_anchor": versus,
+            "separated": versus is not None and versus["ci95"][0] > 0, "scores": scores}

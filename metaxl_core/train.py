@@ -6,8 +6,8 @@ report test at the best dev epoch.
         --source-train-size 150 --epochs 3 --output-dir runs/one
 
 `run_trial(config, report)` does the same for callers such as Ray Tune: `report(metrics,
-checkpoint)` is called after each evaluation with flat `split/metric` numbers and a dict that
-holds everything needed to resume (pass it back as `resume_from`).
+checkpoint)` is called after each dev evaluation with flat `split/metric` numbers and, at an
+epoch's end, a dict that holds everything needed to resume (pass it back as `resume_from`).
 """
 
 from __future__ import annotations
@@ -113,8 +113,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device):
-    """The context the steps and evaluations run in: bf16 autocast, or nothing for fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """The context the steps and evaluations run in: bf16 autocast, or nothing for fp32.
+    Without autocast's weight cache: it would keep serving the bf16 copy of a weight the
+    optimizer has since updated in place, and keep every step's virtual θ' alive."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                          cache_enabled=False)
 
 
 def _remap(features: list[dict], id_map: torch.Tensor) -> list[dict]:
@@ -139,6 +142,26 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 MOVEMENT_BATCH_SIZE = 32
+
+
+def make_optimizers(cfg: TrialConfig, model: MetaXLModel) -> tuple:
+    """(θ's optimizer, Φ's optimizer or None): θ with AdamW (weight_decay_mode "adamw") or Adam
+    with L2 weight decay ("l2"); Φ (metaxl only) with Adam and rtn_weight_decay as L2."""
+    theta_class = torch.optim.AdamW if cfg.weight_decay_mode == "adamw" else torch.optim.Adam
+    theta_opt = theta_class(model.theta().values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    phi_opt = None
+    if cfg.method == "metaxl":
+        phi_opt = torch.optim.Adam(model.phi().values(), lr=cfg.meta_lr,
+                                   weight_decay=cfg.rtn_weight_decay)
+    return theta_opt, phi_opt
+
+
+def clip_norm(cfg: TrialConfig) -> float:
+    """The gradient-norm clipping of θ's step: metaxl_max_grad_norm for metaxl where set, else
+    max_grad_norm (every other method)."""
+    if cfg.method == "metaxl" and cfg.metaxl_max_grad_norm is not None:
+        return cfg.metaxl_max_grad_norm
+    return cfg.max_grad_norm
 
 
 def _movement_batches(cfg: TrialConfig, model: MetaXLModel, source, sizes: list[int], collator,
@@ -269,7 +292,9 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
 
     Args:
         config: a TrialConfig or a dict of its fields.
-        report: optional `report(metrics, checkpoint)` called after each epoch's evaluation.
+        report: optional `report(metrics, checkpoint)` called after every dev evaluation (`step`:
+            updates so far); `checkpoint` is None for those inside an epoch (a resume starts
+            after the last epoch end).
         resume_from: a checkpoint dict given to `report` earlier; training continues after it.
         progress: show a tqdm bar per epoch.
         model_dir: save the best dev model there, without its RTN (`metaxl_core.saved_model`);
@@ -301,12 +326,11 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
     steps_per_epoch = math.ceil(len(steps_data.features) / cfg.batch_size)
     sampler = SourceSampler(cfg, task_data.source_sizes) if uses_source and n_sources > 1 else None
     total_steps = steps_per_epoch * cfg.epochs
-    theta_opt = torch.optim.AdamW(model.theta().values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    theta_opt, phi_opt = make_optimizers(cfg, model)
     scheduler = get_linear_schedule_with_warmup(theta_opt, int(cfg.warmup_ratio * total_steps),
                                                 total_steps)
-    phi_opt = phi_scheduler = None
+    phi_scheduler = None
     if cfg.method == "metaxl":  # as released: Φ's lr has the same warm-up and decay as θ's
-        phi_opt = torch.optim.Adam(model.phi().values(), lr=cfg.meta_lr)
         phi_scheduler = get_linear_schedule_with_warmup(phi_opt, int(cfg.warmup_ratio * total_steps),
                                                         total_steps)
 
@@ -354,6 +378,12 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
             scores["words_cut"] = test.n_words_cut / test.n_words
         return {f"test/{k}": v for k, v in scores.items()}
 
+    def cost() -> dict:
+        """What the trial cost so far (not in history, which repeats exactly): updates, CPU
+        seconds of this process, seconds on a GPU."""
+        return {"cost/updates": updates, "cost/cpu_s": time.process_time() - cpu_started,
+                "cost/gpu_s": time.perf_counter() - started if device.type == "cuda" else 0.0}
+
     final_test = None
     n_meta = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * cfg.meta_fraction)))
     timing = {"time/setup_s": time.perf_counter() - started, "time/train_s": 0.0, "time/eval_s": 0.0}
@@ -383,7 +413,8 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                     step = metaxl_step(model, theta_opt, phi_opt, batch, t1, t2,
                                        virtual_lr=cfg.virtual_lr or scheduler.get_last_lr()[0],
                                        mode=cfg.hypergradient,
-                                       max_grad_norm=cfg.max_grad_norm, source_index=source_index)
+                                       max_grad_norm=clip_norm(cfg), source_index=source_index,
+                                       theta_step=cfg.theta_step)
                     if sampler is not None:
                         sampler.update(source_index, step["grad_alignment"])
                     phi_scheduler.step()
@@ -404,8 +435,12 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                 bar.set_postfix({k: f"{v:.3f}" for k, v in step.items()})
                 if cfg.eval_every and updates % cfg.eval_every == 0 and index + 1 < steps_per_epoch:
                     eval_started = time.perf_counter()
-                    evaluate_dev(epoch)
+                    scores = evaluate_dev(epoch)
                     eval_seconds += time.perf_counter() - eval_started
+                    if report is not None:  # no checkpoint mid-epoch: a resume redoes the epoch
+                        report({"epoch": epoch + 1, "step": updates, **scores,
+                                "best/dev_f1": best["dev/f1"], "best/step": best["step"],
+                                "best/epoch": best["epoch"], **cost()}, None)
             eval_started = time.perf_counter()
             metrics = {"epoch": epoch + 1, "step": updates,
                        **{f"train/{k}": v for k, v in losses.items()},
@@ -422,17 +457,14 @@ def run_trial(config: TrialConfig | dict, report=None, *, resume_from: dict | No
                                 **{f"final/{k}": v for k, v in final_test.items()}})
             timing["time/eval_s"] += eval_seconds + time.perf_counter() - eval_started
             timing["time/train_s"] += eval_started - epoch_started - eval_seconds
-            # what the trial cost so far (not in history, which repeats exactly): updates, CPU seconds
-            # of this process, seconds on a GPU
-            cost = {"cost/updates": updates, "cost/cpu_s": time.process_time() - cpu_started,
-                    "cost/gpu_s": time.perf_counter() - started if device.type == "cuda" else 0.0}
             history.append(metrics)
             if progress:
                 print(_format_epoch(metrics), flush=True)
             if report is not None:
                 # with cumulative seconds of loading + tokenising, training steps and evaluation, and cost
-                report({**metrics, **timing, **cost}, {
-                    "epoch": epoch, "updates": updates, "cpu_s": cost["cost/cpu_s"],
+                spent = cost()
+                report({**metrics, **timing, **spent}, {
+                    "epoch": epoch, "updates": updates, "cpu_s": spent["cost/cpu_s"],
                     "history": list(history),
                     "evaluations": list(evaluations), "best": best, "best_state": best_state,
                     "model": model.state_dict(),

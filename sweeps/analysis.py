@@ -5,7 +5,8 @@
 
 `sweeps/pairs.py` calls this at its end and attaches each search's files to its target's MLflow
 parent run (artifacts `analysis/<search>/`). Input: the sweep's `summary.json` (every trial's
-config, dev F1 per epoch and cost) and `optuna.journal` (the Optuna study of every search).
+config, dev F1 per evaluation and cost, each search's pick) and `optuna.journal` (the Optuna
+study of every search).
 Per search, under `<output-dir>/analysis/<search>/`:
 
     importance.png   hyperparameter importance: Optuna's fANOVA over the study's complete
@@ -13,10 +14,11 @@ Per search, under `<output-dir>/analysis/<search>/`:
                      only when dev F1 varies
     parallel.png     parallel coordinates of the searched dimensions, coloured by dev F1
     slice.png        dev F1 against each searched dimension
-    curves.png       dev F1 per epoch of every trial; trials ASHA stopped are dashed
+    curves.png       dev F1 against the updates each trial got; trials ASHA stopped are
+                     dashed, the anchor (the configuration without sweeping) thick and black
 and for the sweep `analysis/analysis.md` (the importances in words, the best range of the most
-important dimension, cost) and `analysis/cost.png` (best dev F1 against CPU seconds per trial,
-per method).
+important dimension, cost, each search's pick against its anchor) and `analysis/cost.png`
+(best dev F1 against CPU seconds per trial, per method).
 """
 
 from __future__ import annotations
@@ -83,18 +85,22 @@ def _save(axes, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(trials: list[dict], epochs: int, title: str, path: Path) -> None:
-    """Dev F1 per epoch of every trial of a search; stopped trials dashed, failed ones absent."""
+def plot_curves(trials: list[dict], title: str, path: Path) -> None:
+    """Dev F1 against the updates spent, every trial of a search: the compute each got before
+    ASHA stopped it (dashed) or it ran its whole budget; the anchor thick and black, failed
+    trials absent."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for trial in trials:
         curve = trial.get("curve") or []
         if not curve:
             continue
-        stopped = trial.get("epochs_run", epochs) < epochs
-        ax.plot([e for e, _ in curve], [f * 100 for _, f in curve], marker="o", markersize=3,
-                linestyle="--" if stopped else "-", alpha=0.8,
-                label=f"{trial['trial_id']}{' (stopped)' if stopped else ''}")
-    ax.set_xlabel("epoch")
+        stopped = "dev_f1" not in trial
+        style = {"color": "black", "linewidth": 2.5, "zorder": 3} if trial.get("anchor") else {}
+        ax.plot([u for u, _ in curve], [f * 100 for _, f in curve], marker="o", markersize=3,
+                linestyle="--" if stopped else "-", alpha=0.8, **style,
+                label=f"{trial['trial_id']}{' (anchor)' if trial.get('anchor') else ''}"
+                      f"{' (stopped)' if stopped else ''}")
+    ax.set_xlabel("optimizer updates")
     ax.set_ylabel("dev F1 × 100")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=2)
@@ -121,10 +127,11 @@ def plot_cost(searches: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def analyse_search(journal: Path, search: dict, epochs: int, out: Path) -> dict:
+def analyse_search(journal: Path, search: dict, out: Path) -> dict:
     """The files of one search under `out`; returns {importance, best_range, files}."""
     out.mkdir(parents=True, exist_ok=True)
-    plot_curves(search["trials"], epochs, f"{search['name']}: dev F1 per epoch", out / "curves.png")
+    plot_curves(search["trials"], f"{search['name']}: dev F1 against updates spent",
+                out / "curves.png")
     files = ["curves.png"]
     study = load_study(journal, search["name"])
     scores = importances(study)
@@ -169,10 +176,8 @@ def analyse_sweep(output_dir: str | Path) -> dict[str, dict]:
         if not path.is_file():
             raise ConfigError(f"{path}: not found; --output-dir must be a finished sweep's folder")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    epochs = summary.get("epochs") or max(
-        (t.get("epochs_run", 0) for s in summary["searches"] for t in s["trials"]), default=0)
     root = output_dir / "analysis"
-    results = {s["name"]: analyse_search(journal, s, epochs, root / s["name"])
+    results = {s["name"]: analyse_search(journal, s, root / s["name"])
                for s in summary["searches"]}
     plot_cost(summary["searches"], root / "cost.png")
     lines = [f"# Sweep `{summary['sweep']}`: what mattered", "",
@@ -188,6 +193,24 @@ def analyse_sweep(output_dir: str | Path) -> dict[str, dict]:
             lines.append(f"- `{search['name']}`: {cpu:.0f} CPU s, {updates:.0f} updates "
                          f"({len(done)} trials)")
     lines += ["", "![quality against cost](cost.png)", ""]
+    picks = [s for s in summary["searches"] if s.get("pick")]
+    if picks:
+        lines += ["The pick per search (best mean dev F1 over seeds) against its anchor, the "
+                  "configuration a user would run without sweeping (dev F1 × 100; paired over "
+                  "seeds, 95% bootstrap CI):", ""]
+        for search in picks:
+            pick, versus = search["pick"], search["pick"]["vs_anchor"]
+            if pick["pick"] == pick["anchor"]:
+                verdict = "the anchor itself"
+            elif versus is None:
+                verdict = "not compared with the anchor (fewer than 2 shared seeds)"
+            else:
+                verdict = (f"{100 * versus['mean']:+.1f} [{100 * versus['ci95'][0]:+.1f}, "
+                           f"{100 * versus['ci95'][1]:+.1f}] over the anchor"
+                           + ("" if pick["separated"] else ": not separated from it"))
+            lines.append(f"- `{search['name']}`: trial {pick['pick']}, {100 * pick['mean']:.1f} "
+                         f"over {pick['seeds']} seed(s), {verdict}")
+        lines.append("")
     write_atomic(root / "analysis.md", "\n".join(lines))
     return results
 

@@ -35,6 +35,10 @@ before (same configs, same run keys).
 Methods are TrialConfig methods plus `metaxl_trunc` (method metaxl with
 hypergradient: truncated); `metaxl` is the exact hypergradient; `metaxl_fd`, `metaxl_layers`,
 `metaxl_softmax` and `metaxl_per_source` are the variants beyond the paper (VARIANTS).
+Each seed draws its own data sample (`data_seed` follows `seed`: the 100 target sentences, the
+source sample and the dev subset), so intervals over seeds include which sentences a user has;
+a preset that sets `data_seed` fixes one sample for every seed.
+
 `target_only` is run once per (target, source) because the NER label set is the one the target
 shares with the source (an African source keeps DATE, English does not), so every row of the
 report compares its methods on one label set.
@@ -63,6 +67,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -138,6 +143,7 @@ def plan_runs(preset: dict, data_root: str | None = None, out: Path | None = Non
                                       **entry_trial, **method_trial.get(method, {}), **point,
                                       "task": task, "target": target, "source": source,
                                       **fields_of(method), "seed": int(seed)}
+                            fields.setdefault("data_seed", int(seed))  # unless fixed on purpose
                             if data_root:
                                 fields["data_root"] = data_root
                             if index_file:
@@ -377,6 +383,8 @@ def restorable(path: str | Path, runs: list[dict]) -> list[tuple[dict, dict, dic
 
     def identity(task, target, source, method, seed, trial, test_subset) -> str:
         trial = {k: v for k, v in trial.items() if k not in ("seed", "data_root")}
+        if trial.get("data_seed") == "seed":  # as export_results writes a sample per seed
+            trial["data_seed"] = int(seed)
         return json.dumps([task, target, source, method, int(seed), trial, test_subset],
                           sort_keys=True)
     planned = {identity(r["task"], r["target"], r["source"] or "none", r["method"], r["seed"],
@@ -394,6 +402,8 @@ def restorable(path: str | Path, runs: list[dict]) -> list[tuple[dict, dict, dic
                 "final": {k: float(v) for k, v in rec["final"].items()},
                 "best_epoch": int(rec["best_epoch"]),
                 "wall_time_s": float(rec.get("wall_time_s") or 0.0)}
+            if (rec.get("rtn_movement") or {}).get("init") is not None:
+                results["rtn_movement_init"] = {"rtn/movement": float(rec["rtn_movement"]["init"])}
             tags = {**{str(k): str(v) for k, v in rec.get("code", {}).items()},
                     "restored_from_run": str(rec["run_id"])}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -436,17 +446,38 @@ def restore_runs(client, experiment_id: str, preset_name: str,
 def _history(client, run_id: str) -> list[dict]:
     """dev/test F1 per epoch of one run."""
     by_epoch: dict[int, dict] = {}
-    for key in ("dev/f1", "test/f1", "train/loss"):
+    for key in ("dev/f1", "test/f1", "train/loss", "rtn/movement"):
         for metric in client.get_metric_history(run_id, key):
             by_epoch.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _rtn_movement(client, run_id: str, metrics: dict) -> dict | None:
+    """{"init": movement before training, "last": at the last epoch} of an RTN run (the mean
+    relative change ||RTN(h) - h|| / ||h||, `rtn/movement`); None for a run without an RTN.
+    The initial value comes from the run's results.json (None when the run kept none)."""
+    if "rtn/movement" not in metrics:
+        return None
+    from mlflow.exceptions import MlflowException
+    init = None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            saved = Path(client.download_artifacts(run_id, "results.json", tmp))
+            init = (json.loads(saved.read_text(encoding="utf-8")).get("rtn_movement_init")
+                    or {}).get("rtn/movement")
+        except (MlflowException, OSError, ValueError, AttributeError):
+            pass
+    return {"init": init, "last": metrics["rtn/movement"]}
 
 
 def export_results(client, experiment_id: str, preset: dict, runs: list[dict], uri: str) -> dict:
     """Every finished run of the preset with its final metrics and its `trial` (the fields that
     differ from TrialConfig's defaults, but the seed), plus mean +- std over the seeds of each
     configuration: runs of two entries of one (target, source, method) are kept apart, and one
-    run key is one record however often it was logged (`finished_runs`)."""
+    run key is one record however often it was logged (`finished_runs`). An RTN run's record
+    also holds `rtn_movement` ({"init", "last"}: ||RTN(h) - h|| / ||h|| before training and at
+    the last epoch), and its configuration's row their mean +- std (`rtn/movement`,
+    `rtn/movement_init`)."""
     from metaxl_core.selection import mean_std
     from sweeps.mlflow_store import logged_evaluations
 
@@ -458,7 +489,9 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
         tags = r.data.tags
         metrics = r.data.metrics
         trial = changed_fields(wanted[key]["config"])
-        trial.pop("seed", None)
+        seed = trial.pop("seed", None)
+        if seed is not None and trial.get("data_seed") == seed:
+            trial["data_seed"] = "seed"  # a sample per seed: what the row's seeds share
         records.append({
             "task": tags["task"], "target": tags["target"], "source": tags["source"],
             "method": tags["method"], "seed": int(tags["seed"]), "run_id": r.info.run_id,
@@ -471,6 +504,9 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
             "code": {k: tags[k] for k in ("mlflow.source.git.commit", "code_dirty") if k in tags},
             "history": _history(client, r.info.run_id),
             "evaluations": logged_evaluations(client, r.info.run_id)})
+        movement = _rtn_movement(client, r.info.run_id, metrics)
+        if movement is not None:
+            records[-1]["rtn_movement"] = movement
     def configuration(rec: dict) -> tuple:  # what the seeds of one aggregate row share
         return (rec["task"], rec["target"], rec["source"], rec["method"], rec["grid"],
                 json.dumps(rec["trial"], sort_keys=True))
@@ -485,6 +521,12 @@ def export_results(client, experiment_id: str, preset: dict, runs: list[dict], u
         row["n_seeds"] = len(recs)
         for key in ("dev/f1", "test/f1", "test/accuracy"):
             values = [x["final"][key] for x in recs if key in x["final"]]
+            if values:
+                cell = mean_std(values)
+                row[key] = {"mean": cell["mean"], "std": cell["std"]}
+        for key, part in (("rtn/movement", "last"), ("rtn/movement_init", "init")):
+            values = [x["rtn_movement"][part] for x in recs
+                      if (x.get("rtn_movement") or {}).get(part) is not None]
             if values:
                 cell = mean_std(values)
                 row[key] = {"mean": cell["mean"], "std": cell["std"]}

@@ -36,7 +36,7 @@ from metaxl_core import data as data_lib
 from metaxl_core.atomic import write_atomic
 from metaxl_core.encoders import encoder_depth
 from metaxl_core.errors import ConfigError, MetaXLError
-from metaxl_core.selection import best_trial, mean_std
+from metaxl_core.selection import mean_std
 from sweeps.analysis import analyse_sweep
 from sweeps.mlflow_store import default_tracking_uri, open_experiment, target_run
 from sweeps.rank_sources import format_ranking, sweep_ranking
@@ -58,8 +58,12 @@ def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None,
           f"{len(sweep.sources)} candidate source(s), methods {', '.join(sweep.methods)}")
     print(f"{len(searches)} searches x {sweep.trials_per_search} trials = {trials} trials; "
           f"per trial {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU; up to "
-          f"{sweep.max_concurrent} concurrent per search; ASHA grace {sweep.grace_period}, "
-          f"reduction {sweep.reduction_factor}")
+          f"{sweep.max_concurrent} concurrent per search; ASHA rungs from "
+          f"{sweep.grace_period or 'the first evaluation'} updates, reduction {sweep.reduction_factor}")
+    if sweep.seeds_per_config > 1:
+        print(f"confirmation: each search's top {sweep.confirm_top_k} and its anchor re-run to "
+              f"{sweep.seeds_per_config} seeds (data sample "
+              f"{'per seed' if sweep.data_seed_follows_seed else 'fixed'}); pick: best mean dev F1")
     print(f"encoder {sweep.base_trial(sweep.targets[0], sweep.methods[0]).encoder}"
           + (f" ({n_layers} layers)" if n_layers else ""))
     print(f"{'search':<58} {'sources':<40} searched")
@@ -67,6 +71,11 @@ def print_plan(sweep: SweepConfig, searches: list[dict], n_layers: int | None,
         sources = ", ".join(s or "-" for s in search["sources"])
         print(f"{search_name(search):<58} {sources:<40} "
               f"{', '.join((['source'] if len(search['sources']) > 1 else []) + search['dimensions'])}")
+        if n_layers:
+            anchor = sweep.anchor_config(search, n_layers)
+            print("  anchor (runs first): " + (", ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in anchor.items())
+                or "-"))
 
 
 def check_inputs(sweep: SweepConfig, searches: list[dict]) -> int:
@@ -196,9 +205,10 @@ def record_local_ray(output_dir: Path) -> None:
         [[pid, table[pid][1]] for pid in sorted(mine)]), encoding="utf-8")
 
 
-def stop_leftover_ray(output_dir: Path) -> list[int]:
+def stop_leftover_ray(output_dir: Path, dry_run: bool = False) -> list[int]:
     """Kill the processes recorded by an earlier local Ray of this sweep folder that are still
-    alive (same pid and start time, so never a process that reused a pid); returns their pids."""
+    alive (same pid and start time, so never a process that reused a pid); returns their pids
+    (with `dry_run`, only finds them)."""
     path = output_dir / RAY_PROCESSES
     if not path.exists():
         return []
@@ -206,9 +216,11 @@ def stop_leftover_ray(output_dir: Path) -> list[int]:
     for pid, started in json.loads(path.read_text(encoding="utf-8")):
         if pid in table and table[pid][1] == started:
             with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-                os.kill(pid, signal.SIGKILL)
+                if not dry_run:
+                    os.kill(pid, signal.SIGKILL)
                 stopped.append(pid)
-    path.unlink()
+    if not dry_run:
+        path.unlink()
     return stopped
 
 
@@ -265,65 +277,62 @@ def resume_command(argv: list[str]) -> str:
                        *([] if "--resume" in argv else ["--resume"])])
 
 
-def _dev_f1(trial: dict) -> float:
-    return trial["dev_f1"]
-
-
-def _trial_id(trial: dict) -> str:
-    return str(trial["trial_id"])
-
-
 def summarise(sweep: SweepConfig, outcomes: list[dict]) -> list[dict]:
-    """Per target: the best trial (`selection.best_trial`) of each method and over all methods,
-    its test F1 (mean ± std over seeds when seeds_per_config > 1), metaxl's gain over joint."""
-    repeats = {o["seed_repeats"][0]["trial_id"]: [r["test_f1"] for r in o["seed_repeats"]
-                                                  if "test_f1" in r]
-               for o in outcomes if o["seed_repeats"]}
+    """Per target: each method's pick (`search.pick_of`: the best mean dev F1 over the
+    confirmation's seeds, else the best trial's dev F1; over several searches of a method, the
+    best of their picks), the best over all methods with its test F1 over the same seeds, its
+    paired dev difference to its search's anchor, and metaxl's test gain over joint."""
     rows = []
     for target in sweep.targets:
-        finished_by_method: dict[str, list[dict]] = {}
+        picks: dict[str, dict] = {}
         for outcome in outcomes:
-            if outcome["search"]["target"] == target:
-                finished_by_method.setdefault(outcome["search"]["method"], []).extend(
-                    t for t in outcome["trials"] if "dev_f1" in t)
-        best_by_method = {method: best_trial(trials, _dev_f1, _trial_id)
-                          for method, trials in finished_by_method.items() if trials}
-        if not best_by_method:
+            pick = outcome["pick"]
+            method = outcome["search"]["method"]
+            if outcome["search"]["target"] == target and pick is not None and (
+                    method not in picks or pick["mean"] > picks[method]["mean"]):
+                picks[method] = pick
+        if not picks:
             rows.append({"target": target, "best_method": None})
             continue
-        trial = best_trial(best_by_method.values(), _dev_f1, _trial_id)
-        method = next(m for m, t in best_by_method.items() if t is trial)
-        for best in best_by_method.values():
-            seeds = mean_std(repeats.get(best["trial_id"], [best["test_f1"]]))
-            best.update({"test_f1_seeds": seeds["values"], "test_f1_mean": seeds["mean"],
-                         "test_f1_std": seeds["std"]})
+        method = max(picks, key=lambda m: (picks[m]["mean"], m == sweep.methods[0]))
+        for pick in picks.values():
+            pick["test_f1_seeds"] = mean_std(pick["test_f1"].values())
+        best = picks[method]
         gain = None
-        if "metaxl" in best_by_method and "joint" in best_by_method:
-            gain = best_by_method["metaxl"]["test_f1_mean"] - best_by_method["joint"]["test_f1_mean"]
+        if "metaxl" in picks and "joint" in picks:
+            gain = picks["metaxl"]["test_f1_seeds"]["mean"] - picks["joint"]["test_f1_seeds"]["mean"]
         rows.append({"target": target, "best_method": method,
-                     "best_source": trial["config"].get("source"), "dev_f1": trial["dev_f1"],
-                     "test_f1": trial["test_f1"], "trial_id": trial["trial_id"],
-                     "test_f1_mean": trial["test_f1_mean"], "test_f1_std": trial["test_f1_std"],
-                     "seeds": len(trial["test_f1_seeds"]),
+                     "best_source": best["config"].get("source"), "trial_id": best["pick"],
+                     "dev_f1": best["mean"], "dev_f1_ci95": best["ci95"], "seeds": best["seeds"],
+                     "test_f1_mean": best["test_f1_seeds"]["mean"],
+                     "test_f1_std": best["test_f1_seeds"]["std"],
+                     "anchor_trial_id": best["anchor"], "dev_vs_anchor": best["vs_anchor"],
+                     "separated_from_anchor": best["separated"],
                      "metaxl_minus_joint_test_f1": gain,
-                     "per_method": {m: {k: t[k] for k in ("dev_f1", "test_f1", "test_f1_mean",
-                                                         "test_f1_std", "test_f1_seeds")}
-                                    | {"source": t["config"].get("source")}
-                                    for m, t in best_by_method.items()}})
+                     "per_method": {m: {"trial_id": p["pick"], "dev_f1": p["mean"],
+                                        "seeds": p["seeds"], "source": p["config"].get("source"),
+                                        "test_f1_mean": p["test_f1_seeds"]["mean"],
+                                        "test_f1_std": p["test_f1_seeds"]["std"],
+                                        "dev_vs_anchor": p["vs_anchor"]}
+                                    for m, p in picks.items()}})
     return rows
 
 
 def print_summary(rows: list[dict]) -> None:
-    print(f"\n{'target':<26} {'best method':<12} {'best source':<24} {'dev F1':>7} "
-          f"{'test F1 (seeds)':>20} {'metaxl-joint':>13}")
+    print(f"\n{'target':<26} {'pick':<10} {'source':<22} {'dev F1 (seeds)':>16} "
+          f"{'test F1 (seeds)':>20} {'dev - anchor [95% CI]':>26} {'metaxl-joint':>13}")
     for row in rows:
         if row["best_method"] is None:
             print(f"{row['target']:<26} (no finished trial)")
             continue
-        gain = row["metaxl_minus_joint_test_f1"]
+        gain, versus = row["metaxl_minus_joint_test_f1"], row["dev_vs_anchor"]
         test = f"{row['test_f1_mean']:.4f} ± {row['test_f1_std']:.4f} ({row['seeds']})"
-        print(f"{row['target']:<26} {row['best_method']:<12} {str(row['best_source']):<24} "
-              f"{row['dev_f1']:>7.4f} {test:>20} {'' if gain is None else f'{gain:+.4f}':>13}")
+        anchor = ("(the anchor)" if row["trial_id"] == row["anchor_trial_id"] else "-"
+                  if versus is None else f"{versus['mean']:+.4f} [{versus['ci95'][0]:+.4f}, "
+                  f"{versus['ci95'][1]:+.4f}]")
+        print(f"{row['target']:<26} {row['best_method']:<10} {str(row['best_source']):<22} "
+              f"{row['dev_f1']:>11.4f} ({row['seeds']}) {test:>20} {anchor:>26} "
+              f"{'' if gain is None else f'{gain:+.4f}':>13}")
 
 
 def log_analysis(output_dir: Path, summary: dict, client, parents: dict[str, str]) -> None:
@@ -378,15 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cleanup(output_dir: Path) -> int:
-    """--cleanup: stop what a killed sweep's local Ray left running, unless a sweep runs there."""
+def cleanup(output_dir: Path, dry_run: bool = False) -> int:
+    """--cleanup: stop what a killed sweep's local Ray left running, unless a sweep runs there
+    (with --dry-run, only name them)."""
+    if not output_dir.exists():
+        print(f"nothing to clean up: {output_dir} does not exist")
+        return 0
     if not output_dir.is_dir():
-        raise ConfigError(f"--cleanup: {output_dir} is not a sweep folder")
+        raise ConfigError(f"--cleanup: {output_dir} is not a folder")
     lock = lock_output_dir(output_dir)
-    stopped = stop_leftover_ray(output_dir)
+    stopped = stop_leftover_ray(output_dir, dry_run)
     lock.close()
-    print(f"stopped {len(stopped)} leftover Ray process(es) of {output_dir}"
-          + (f": pids {', '.join(map(str, stopped))}" if stopped else ""))
+    print(f"{'would stop' if dry_run else 'stopped'} {len(stopped)} leftover Ray process(es) of "
+          f"{output_dir}" + (f": pids {', '.join(map(str, stopped))}" if stopped else ""))
     return 0
 
 
@@ -398,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.cleanup:
         try:
-            return cleanup(Path(args.output_dir).resolve())
+            return cleanup(Path(args.output_dir).resolve(), args.dry_run)
         except MetaXLError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -477,30 +490,31 @@ def run_sweep(args, overrides: dict, started: float, signals: Signals) -> int:
             print(f"{ended} running MLflow run(s) ended KILLED", file=sys.stderr)
         raise
     rows = summarise(sweep, outcomes)
-    epochs = sweep.base_trial(sweep.targets[0], sweep.methods[0]).epochs
     for row in rows:
         if row["best_method"] is not None:
             client.log_dict(parents[row["target"]], row, "best.json")
             client.log_metric(parents[row["target"]], "best/dev_f1", row["dev_f1"])
-            client.log_metric(parents[row["target"]], "best/test_f1", row["test_f1"])
+            client.log_metric(parents[row["target"]], "best/test_f1", row["test_f1_mean"])
             client.set_tag(parents[row["target"]], "best_trial_id", row["trial_id"])
         client.set_terminated(parents[row["target"]])
     print_summary(rows)
     errors = [e for o in outcomes for e in o["mlflow_errors"]]
-    failed = [t for o in outcomes for t in o["trials"] if t["error"]]
+    failed = [t for o in outcomes for t in o["trials"] + o["confirmations"] if t["error"]]
     summary = {"sweep": sweep.name, "sweep_id": sweep_id, "mlflow_uri": uri,
                "wall_time_s": round(time.time() - started, 1),
                "targets": rows, "failed_trials": failed, "mlflow_errors": errors,
-               "epochs": epochs,
                "searches": [{"name": o["name"], "target": o["search"]["target"],
-                             "method": o["search"]["method"], "trials": o["trials"]}
-                            for o in outcomes]}
+                             "method": o["search"]["method"], "anchor": o["anchor"],
+                             "trials": o["trials"], "confirmations": o["confirmations"],
+                             "pick": o["pick"]} for o in outcomes]}
     write_atomic(summary_path, json.dumps(summary, indent=2, default=str))
     log_analysis(output_dir, summary, client, parents)
     trials = [t for o in outcomes for t in o["trials"]]
-    stopped = sum(1 for t in trials if not t["error"] and t.get("epochs_run", epochs) < epochs)
-    print(f"\n{len(trials)} trials: {len(trials) - stopped - len(failed)} ran all {epochs} epochs, "
-          f"{stopped} stopped early by ASHA, {len(failed)} failed. {summary['wall_time_s']:.0f} s")
+    stopped = sum(1 for t in trials if not t["error"] and "dev_f1" not in t)
+    confirmed = sum(len(o["confirmations"]) for o in outcomes)
+    print(f"\n{len(trials)} trials: {len(trials) - stopped - len(failed)} ran their whole budget, "
+          f"{stopped} stopped early by ASHA, {len(failed)} failed; {confirmed} confirmation runs. "
+          f"{summary['wall_time_s']:.0f} s")
     print(f"summary: {summary_path}\nMLflow: {uri}")
     if errors:
         print(f"error: MLflow logging failed and was not recovered: {errors}", file=sys.stderr)

@@ -33,7 +33,10 @@ Outputs (fixed names under --out; `<task>` is ner or sentiment):
                               the plot); files of their own, left as they are by a rebuild
                               without --sweep
     probe_vs_preset.png       with --probe: each changed setting against the preset
-Scores are shown as F1 x 100.
+Scores are shown as F1 x 100; sentiment F1 is macro-F1 (`metaxl_core.metrics`). Sentiment tables,
+bars and curves also show two constant classifiers, the majority class and always positive,
+scored with the same metric on the same split: `sentiment_scores` logs each split's gold label
+counts (`test/n_positive`, ...), from which `baseline_scores` rebuilds their scores.
 """
 
 from __future__ import annotations
@@ -56,15 +59,20 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from metaxl_core.atomic import write_atomic  # noqa: E402
 from metaxl_core.config import TrialConfig, source_label  # noqa: E402
+from metaxl_core.metrics import sentiment_scores  # noqa: E402
 from metaxl_core.selection import best_trial, mean_std, paired_difference  # noqa: E402
 from sweeps.methods import GAIN_VARIANTS, ordered, title_of, variant_of  # noqa: E402
+from sweeps.export import search_picks  # noqa: E402
 from sweeps.grid import WHERE_IT_RUNS  # noqa: E402
 from sweeps.mlflow_store import latest_attempt, logged_evaluations  # noqa: E402
 
 TASK_ORDER = ["ner", "sentiment"]
-# secondary test metrics shown as extra tables when the runs logged them (final/test/...);
-# binary sentiment's headline `f1` is the positive-class F1, so macro-F1 and accuracy matter
-EXTRA_METRICS = {"sentiment": ["test/macro_f1", "test/acc"]}
+# secondary test metrics shown as extra tables when the runs logged them (final/test/...); the
+# sentiment headline `f1` is macro-F1, `pos_f1` the paper's positive-class F1 (binary labels)
+EXTRA_METRICS = {"sentiment": ["test/pos_f1", "test/acc"]}
+# constant classifiers shown next to the methods where the runs logged their split's gold label
+# counts (sentiment: `<split>/n_<label>`), scored as the runs are
+BASELINES = {"majority": "majority class", "always_positive": "always positive"}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -100,6 +108,10 @@ def read_runs(client: MlflowClient, experiment_id: str) -> list[dict]:
                 # other test metrics at the best dev epoch (bench runs log them as final/...)
                 **{k[len("final/"):]: float(v) for k, v in metrics.items()
                    if k.startswith("final/test/") and k != "final/test/f1"},
+                **{k: float(v) for k, v in metrics.items() if k.startswith("dev/n_")},
+                # RTN runs: the last epoch's mean relative change the RTN makes (rtn/movement)
+                **({"rtn_movement": float(metrics["rtn/movement"])}
+                   if "rtn/movement" in metrics else {}),
             })
         token = page.token
         if not token:
@@ -143,23 +155,51 @@ def select(records: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------------------- aggregation
 def methods_in(rows: list[dict]) -> list[str]:
+    """The baselines, then the methods in table order."""
     present = {m for r in rows for m in r["cells"]}
-    return ordered(present)
+    return [b for b in BASELINES if b in present] + ordered(present - set(BASELINES))
+
+
+def title(name: str) -> str:
+    """A method's or a baseline's title in tables and legends."""
+    return BASELINES.get(name) or title_of(name)
+
+
+def baseline_scores(record: dict, split: str) -> dict[str, dict]:
+    """{baseline: `sentiment_scores`} of the BASELINES on the gold label counts the run logged
+    for `split` (`<split>/n_<label>`); {} when it logged none (NER, runs from before them)."""
+    prefix = f"{split}/n_"
+    counts = {k[len(prefix):]: int(v) for k, v in record.items() if k.startswith(prefix)}
+    if not counts:
+        return {}
+    labels = sorted(counts)
+    gold = [label for label in labels for _ in range(counts[label])]
+    constant = {"majority": max(labels, key=counts.get), "always_positive": "positive"}
+    return {name: sentiment_scores(gold, [label] * len(gold), labels)
+            for name, label in constant.items()}
 
 
 def build_tables(records: list[dict], split: str = "test") -> dict:
-    """{task: [row]}; a row per (target, source) with a cell per method, and for each MetaXL
-    variant and control its gain over JT: difference of means, and paired over seeds."""
+    """{task: [row]}; a row per (target, source) with a cell per method and per baseline (its
+    distinct scores over the row's runs: one value, as the runs share the split), and for each
+    MetaXL variant and control its gain over JT: difference of means, and paired over seeds.
+    `split` is "test", "dev" or "test/<metric>"."""
+    where, _, metric = split.partition("/")
     groups: dict[tuple, dict[str, dict]] = {}
+    floors: dict[tuple, dict[str, set]] = {}
     for r in records:
         if r["grid"] or split not in r:
             continue
-        groups.setdefault((r["task"], r["target"], r["source"]), {}).setdefault(
-            r["method"], {})[r["seed"]] = r[split] * 100
+        key = (r["task"], r["target"], r["source"])
+        groups.setdefault(key, {}).setdefault(r["method"], {})[r["seed"]] = r[split] * 100
+        for name, scores in baseline_scores(r, where).items():
+            floors.setdefault(key, {}).setdefault(name, set()).add(scores[metric or "f1"] * 100)
     tables: dict[str, list[dict]] = {}
     for (task, target, source), cells in sorted(groups.items()):
         row = {"target": target, "source": source,
-               "cells": {m: mean_std(list(v.values())) for m, v in cells.items()}}
+               "cells": {**{b: mean_std(sorted(v))
+                            for b, v in floors.get((task, target, source), {}).items()},
+                         **{m: mean_std(list(v.values())) for m, v in cells.items()}}}
         for method in GAIN_VARIANTS:
             if method in cells and "joint" in cells:
                 row.setdefault("gains", {})[method] = (row["cells"][method]["mean"]
@@ -169,6 +209,37 @@ def build_tables(records: list[dict], split: str = "test") -> dict:
                     row.setdefault("paired", {})[method] = paired
         tables.setdefault(task, []).append(row)
     return {t: tables[t] for t in sorted(tables, key=lambda t: (t not in TASK_ORDER, t))}
+
+
+def movement_tables(records: list[dict]) -> dict:
+    """{task: [row]} of the RTN runs (those that logged `rtn/movement`, no grid tag): a row per
+    (target, source), a cell per method: the last epoch's RTN movement ||RTN(h) - h|| / ||h||,
+    mean ± std over seeds."""
+    groups: dict[tuple, dict[str, list]] = {}
+    for r in records:
+        if r["grid"] or r.get("rtn_movement") is None:
+            continue
+        groups.setdefault((r["task"], r["target"], r["source"]), {}).setdefault(
+            r["method"], []).append(r["rtn_movement"])
+    tables: dict[str, list[dict]] = {}
+    for (task, target, source), cells in sorted(groups.items()):
+        tables.setdefault(task, []).append({
+            "target": target, "source": source,
+            "cells": {m: mean_std(v) for m, v in cells.items()}})
+    return tables
+
+
+def movement_lines(rows: list[dict]) -> list[str]:
+    """The markdown of one task's `movement_tables` rows (3 decimals: a ratio, not F1)."""
+    methods = ordered({m for r in rows for m in r["cells"]})
+    fmt = {True: "{mean:.3f} ± {std:.3f}", False: "{mean:.3f}"}
+    return ["RTN movement at the last epoch (mean ||RTN(h) − h|| / ||h|| on fixed source "
+            "batches; 0 = identity), mean ± std over seeds:", "",
+            "| row | " + " | ".join(title_of(m) for m in methods) + " |",
+            "|---|" + "---|" * len(methods),
+            *("| " + row_label(r) + " | " + " | ".join(
+                fmt[r["cells"][m]["n"] > 1].format(**r["cells"][m]) if m in r["cells"] else "–"
+                for m in methods) + " |" for r in rows), ""]
 
 
 def fmt_cell(cell: dict | None) -> str:
@@ -188,12 +259,12 @@ def row_label(row: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Rows, an `average` row, the best mean per row in bold; a cell with fewer seeds than the
-    fullest cell of the table says so: `(n=1)`."""
+    """Rows, an `average` row, the best mean per row in bold; a method's cell with fewer seeds
+    than the fullest cell of the table says so: `(n=1)`."""
     methods = methods_in(rows)
     full = max((c["n"] for r in rows for c in r["cells"].values()), default=0)
     gains = [m for m in GAIN_VARIANTS if any(m in r.get("gains", {}) for r in rows)]
-    head = ["target ← source"] + [title_of(m) for m in methods] + \
+    head = ["target ← source"] + [title(m) for m in methods] + \
         [f"Δ {title_of(m)} − JT" for m in gains]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows + [average_row(rows, methods)]:
@@ -202,7 +273,7 @@ def markdown_table(rows: list[dict]) -> str:
         parts = [row.get("label") or row_label(row)]
         for m in methods:
             text = fmt_cell(cells.get(m))
-            if m in cells and cells[m]["values"] and cells[m]["n"] < full:
+            if m in cells and cells[m]["values"] and cells[m]["n"] < full and m not in BASELINES:
                 text += f" (n={cells[m]['n']})"
             if m in cells and cells[m]["mean"] == top:
                 text = f"**{text}**"
@@ -248,7 +319,8 @@ def average_row(rows: list[dict], methods: list[str]) -> dict:
 # ---------------------------------------------------------------------------- plots
 COLORS = {"target_only": "#9e9e9e", "source_only": "#8da0cb", "joint": "#fc8d62",
           "joint_t1": "#e5c494", "metaxl": "#66c2a5", "metaxl_identity": "#1b9e77",
-          "frozen_rtn": "#e78ac3", "metaxl_trunc": "#a6d854"}
+          "frozen_rtn": "#e78ac3", "metaxl_trunc": "#a6d854", "majority": "#525252",
+          "always_positive": "#a6761d"}
 
 
 def plot_bars(task: str, rows: list[dict], path: Path, metric: str = "test F1 × 100") -> None:
@@ -260,7 +332,8 @@ def plot_bars(task: str, rows: list[dict], path: Path, metric: str = "test F1 ×
         means = [r["cells"][m]["mean"] if m in r["cells"] else np.nan for r in rows]
         stds = [r["cells"][m]["std"] if m in r["cells"] else 0.0 for r in rows]
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-               label=title_of(m), color=COLORS.get(m))
+               label=title(m), color=COLORS.get(m), edgecolor=COLORS.get(m),
+               hatch="//" if m in BASELINES else None, fill=m not in BASELINES)
     ax.set_xticks(x, [row_label(r) for r in rows], rotation=20 if len(rows) > 6 else 0)
     ax.set_ylabel(metric)
     ax.set_title(f"{task}: test score at the best dev epoch (mean ± std over seeds)")
@@ -336,8 +409,9 @@ def curves(client: MlflowClient, records: list[dict], task: str, target: str,
     return out, unit
 
 
-def _draw_curves(ax, data: dict, markersize: float = 3) -> None:
-    """Mean ± std over seeds of {method: {x: [values]}}, one line and band per method."""
+def _draw_curves(ax, data: dict, floors: dict, markersize: float = 3) -> None:
+    """Mean ± std over seeds of {method: {x: [values]}}, one line and band per method, and a
+    level line per baseline in `floors` ({baseline: dev F1 × 100})."""
     for m in ordered(data):
         xs = sorted(data[m])
         cells = [mean_std(data[m][x]) for x in xs]
@@ -346,11 +420,14 @@ def _draw_curves(ax, data: dict, markersize: float = 3) -> None:
         ax.plot(xs, means, marker="o", markersize=markersize, label=title_of(m),
                 color=COLORS.get(m))
         ax.fill_between(xs, means - stds, means + stds, alpha=0.15, color=COLORS.get(m))
+    for name, value in floors.items():
+        ax.axhline(value, linestyle="--" if name == "majority" else ":", linewidth=1.2,
+                   label=title(name), color=COLORS.get(name))
 
 
-def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> None:
+def plot_curves(task: str, label: str, data: dict, unit: str, floors: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
-    _draw_curves(ax, data)
+    _draw_curves(ax, data, floors)
     ax.set_xlabel(unit)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=unit != EPOCH_SHARE))
     ax.set_ylabel("dev F1 × 100")
@@ -358,14 +435,14 @@ def plot_curves(task: str, label: str, data: dict, unit: str, path: Path) -> Non
     _save_line_plot(fig, ax, path)
 
 
-def plot_all_curves(task: str, panels: list[tuple[str, dict, str]], path: Path) -> None:
-    """One panel of dev F1 curves (mean ± std over seeds) per (target, source) row."""
+def plot_all_curves(task: str, panels: list[tuple[str, dict, str, dict]], path: Path) -> None:
+    """One panel of dev F1 curves (mean ± std over seeds) and baselines per (target, source) row."""
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=100,
                              squeeze=False, sharey=True)
-    for ax, (label, data, unit) in zip(axes.flat, panels):
-        _draw_curves(ax, data, markersize=2)
+    for ax, (label, data, unit, floors) in zip(axes.flat, panels):
+        _draw_curves(ax, data, floors, markersize=2)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel(unit, fontsize=8)
         ax.grid(alpha=0.3)
@@ -444,8 +521,8 @@ def by_seed(runs: list[tuple[str, float]], what: str) -> dict[str, float]:
 
 def sweep_versus_default(sweep_client: MlflowClient, sweep_experiment_id: str,
                          records: list[dict], default_source: str) -> list[dict]:
-    """"Does the sweep pay?": per search of the sweep's latest attempt, its best trial
-    (`selection.best_trial` by dev F1) with that configuration's seed repeats, against the
+    """"Does the sweep pay?": per search of the sweep's latest attempt, its pick (the export's:
+    `export.search_picks`, confirmed over seeds) with that configuration's other seeds, against the
     report's own runs (no `grid` tag) of the same target and method from `default_source`.
     Test F1 × 100, paired by seed: over every seed both have, and over the re-runs only (the
     best trial's own seed won a selection on dev, so its test score leans high)."""
@@ -466,6 +543,7 @@ def sweep_versus_default(sweep_client: MlflowClient, sweep_experiment_id: str,
             tags = run.data.tags
             searches.setdefault(tags.get("search") or f"{tags['target']}|{tags['method']}",
                                 []).append(run)
+    picks = search_picks([r for r in runs if r.data.tags.get("role") in ("trial", "confirm")])
     rows = []
     for search, trials in sorted(searches.items()):
         target = trials[0].data.tags["target"]
@@ -474,10 +552,14 @@ def sweep_versus_default(sweep_client: MlflowClient, sweep_experiment_id: str,
         if not finished:
             print(f"warning: search {search}: no finished trial, left out", file=sys.stderr)
             continue
-        best = best_trial(finished, lambda r: r.data.metrics.get("best/dev_f1"),
-                          lambda r: r.data.tags.get("trial_id", r.info.run_id))
-        repeats = [r for r in runs if r.data.tags.get("role") == "seed_repeat" and scored(r)
-                   and r.data.tags.get("repeats_trial") == best.data.tags.get("trial_id")]
+        if search in picks:  # the export's pick: confirmed over seeds when the sweep did
+            best = next(r for r in trials if r.data.tags.get("trial_id") == picks[search]["pick"])
+        else:  # a sweep from before the confirmation stage (tag `search` absent)
+            best = best_trial(finished, lambda r: r.data.metrics.get("best/dev_f1"),
+                              lambda r: r.data.tags.get("trial_id", r.info.run_id))
+        best_id = best.data.tags.get("trial_id")
+        repeats = [r for r in runs if scored(r) and best_id in (  # seed_repeat: older sweeps
+            r.data.tags.get("confirms_trial"), r.data.tags.get("repeats_trial"))]
         swept = by_seed([(r.data.params["seed"], r.data.metrics["best/test_f1"])
                          for r in [best, *repeats]], f"search {search}")
         default = by_seed([(r["seed"], r["test"]) for r in records
@@ -667,12 +749,16 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
     tables = build_tables(records, "test")
     dev_tables = build_tables(records, "dev")
     sens = sensitivity(records)
+    movement = movement_tables(records)
     kinds = sorted({r["role"] for r in records})
     md = [f"# Results: experiment `{exp.name}`", "",
           f"{len(records)} runs ({', '.join(kinds) or 'none'}). Cells: test F1 × 100 at the best "
           "dev epoch, mean ± sample std over seeds (n per cell in report.json); best mean per "
           "row in bold; Δ = MetaXL mean − joint-training (JT) mean with the same source, in F1 "
-          "points. The `average` row is the mean of the row means.", ""]
+          "points. The `average` row is the mean of the row means. Sentiment F1 is macro-F1 over "
+          "the labels kept; `majority class` and `always positive` are constant classifiers "
+          "scored the same way on the same split (shown where the runs logged its label counts).",
+          ""]
     report = {"experiment": exp.name, "tracking_uri": uri, "n_runs": len(records), "tasks": {}}
     for task, rows in tables.items():
         bars = out / f"{task}_bars.png"
@@ -688,13 +774,17 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
                                      lang(row["target"])):
                 pick = row
                 break
-        row_curves = [(row, *curves(client, records, task, row["target"], row["source"]))
-                      for row in rows]
-        curve_data, curve_unit = next((data, unit) for row, data, unit in row_curves if row is pick)
+        dev_cells = {(d["target"], d["source"]): d["cells"] for d in dev_tables[task]}
+        row_curves = [(row, *curves(client, records, task, row["target"], row["source"]),
+                       {b: c["mean"] for b, c in dev_cells[(row["target"], row["source"])].items()
+                        if b in BASELINES}) for row in rows]
+        curve_data, curve_unit, curve_floors = next(
+            (data, unit, floors) for row, data, unit, floors in row_curves if row is pick)
         curve_path = out / f"{task}_curves.png"
         if curve_data:
-            plot_curves(task, row_label(pick), curve_data, curve_unit, curve_path)
-        panels = [(row_label(row), data, unit) for row, data, unit in row_curves if data]
+            plot_curves(task, row_label(pick), curve_data, curve_unit, curve_floors, curve_path)
+        panels = [(row_label(row), data, unit, floors) for row, data, unit, floors in row_curves
+                  if data]
         all_curves_path = out / f"{task}_curves_all.png"
         if len(panels) > 1:
             plot_all_curves(task, panels, all_curves_path)
@@ -705,6 +795,8 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
                 md += [f"Test {extra.split('/')[-1]} × 100, same layout:", "",
                        markdown_table(extra_rows), ""]
         md += paired_table(rows)
+        if movement.get(task):
+            md += movement_lines(movement[task])
         md += ["Dev F1 (the model-selection split) × 100, same layout:", "",
                markdown_table(dev_tables[task]), "",
                f"![{task} bars]({bars.name})", ""]
@@ -719,10 +811,10 @@ def build_report(uri: str, experiment: str, out: str | Path, curve_targets: dict
         report["tasks"][task] = {
             "rows": [{"target": r["target"], "source": r["source"], "cells": r["cells"],
                       "gains": r.get("gains", {}), "paired": r.get("paired", {}),
-                      "dev_cells": next(d["cells"] for d in dev_tables[task]
-                                        if (d["target"], d["source"]) == (r["target"], r["source"]))}
+                      "dev_cells": dev_cells[(r["target"], r["source"])]}
                      for r in rows],
             "average": average_row(rows, methods_in(rows)),
+            **({"rtn_movement": movement[task]} if movement.get(task) else {}),
             "curves": {"target": pick["target"], "source": pick["source"], "unit": curve_unit,
                        "dev_f1": {m: {str(e): v for e, v in sorted(d.items())}
                                   for m, d in curve_data.items()}},

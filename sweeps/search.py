@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import tempfile
 import time
@@ -27,9 +28,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from metaxl_core.errors import MetaXLError
 from metaxl_core.names import language_of
-from metaxl_core.selection import best_trial
+from metaxl_core.selection import confirmed_pick, rank_trials
 from sweeps.settings import CHOICES, OPTUNA_JOURNAL, TUNE_DIR, SweepConfig
-from sweeps.tracking import PROJECT_ERROR, MLflowTracker
+from sweeps.tracking import CANDIDATE, PROJECT_ERROR, MLflowTracker, trial_fields
 
 METRIC, MODE = "dev/f1", "max"
 
@@ -59,19 +60,22 @@ class FileBackedOptunaSearch(OptunaSearch):
     """OptunaSearch whose study is kept in a journal file, which outlives Tune's snapshots: a
     trial that finished after the last snapshot is complete in the file, and a resumed sweep
     runs it again; that second run's results are not told to the study (Optuna refuses to
-    update a finished trial). `first_sources`: the first trials try these sources in this order
-    (the ranked candidates), their other dimensions sampled as usual; Ray's points_to_evaluate
-    would need every dimension fixed, so they are enqueued in the study itself."""
+    update a finished trial). `anchor`: the first trial has these fields (every searched one);
+    `first_sources`: the next trials try these sources in this order (the ranked candidates),
+    their other dimensions sampled as usual (Ray's points_to_evaluate would need every
+    dimension fixed). Both are enqueued in the study itself, so a resumed study keeps them."""
 
-    def __init__(self, *args, first_sources=(), **kwargs):
-        self._first_sources = list(first_sources)
+    def __init__(self, *args, anchor=None, first_sources=(), **kwargs):
+        self._first = ([anchor] if anchor else []) + [
+            {"source": source} for source in first_sources
+            if not anchor or source != anchor.get("source")]
         super().__init__(*args, **kwargs)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         if not super().set_search_properties(metric, mode, config, **spec):
             return False
-        for source in self._first_sources:  # skip_if_exists: a resumed study has them already
-            self._ot_study.enqueue_trial({"source": source}, skip_if_exists=True)
+        for params in self._first:  # skip_if_exists: a resumed study has them already
+            self._ot_study.enqueue_trial(params, skip_if_exists=True)
         return True
 
     def _told(self, trial_id: str) -> bool:
@@ -90,14 +94,16 @@ class FileBackedOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def make_searcher(sweep: SweepConfig, index: int, study_name: str, journal: str,
+def make_searcher(sweep: SweepConfig, index: int, study_name: str, journal: str, anchor: dict,
                   first_sources=()) -> ConcurrencyLimiter:
     """Optuna TPE for one search, its study kept in the sweep's journal file (resumable; open it
-    live with `optuna-dashboard <journal>`); its first trials try `first_sources` in order."""
+    live with `optuna-dashboard <journal>`); its first trial is the anchor, the next ones try
+    `first_sources` in order."""
     storage = JournalStorage(JournalFileBackend(journal))
     return ConcurrencyLimiter(FileBackedOptunaSearch(
         metric=METRIC, mode=MODE, seed=sweep.seed + index, study_name=study_name,
-        storage=storage, first_sources=first_sources), max_concurrent=sweep.max_concurrent)
+        storage=storage, anchor=anchor, first_sources=first_sources),
+        max_concurrent=sweep.max_concurrent)
 
 
 def close_study(journal: str, study_name: str) -> None:
@@ -109,18 +115,22 @@ def close_study(journal: str, study_name: str) -> None:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
-def make_scheduler(sweep: SweepConfig, epochs: int) -> ASHAScheduler:
-    return ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=epochs,
-                         grace_period=min(sweep.grace_period, epochs),
+def make_scheduler(sweep: SweepConfig, fixed: dict, updates: int) -> ASHAScheduler:
+    """ASHA with rungs in optimizer updates (a trial reports after every dev evaluation): the
+    first at `grace_period` updates (default: a trial's first evaluation), then every
+    `reduction_factor` times further, up to `updates`, the most a trial of the search makes."""
+    first = fixed["eval_every"] or math.ceil(updates / fixed["epochs"])
+    return ASHAScheduler(time_attr="step", metric=METRIC, mode=MODE, max_t=updates,
+                         grace_period=min(sweep.grace_period or first, updates),
                          reduction_factor=sweep.reduction_factor)
 
 
 def trainable(config: dict, fixed: dict, checkpoint_interval_s: float = 0.0) -> None:
-    """One Tune trial: run_trial, checkpointing after an evaluation (never the last) once
-    `checkpoint_interval_s` has passed since the trial's start or last checkpoint, so a
-    preempted trial resumes from there. A project error (bad config or data) is reported as
-    the trial's last result instead of raised, so Tune does not retry it (`max_failures` is for
-    crashes); the tracker ends such a trial FAILED."""
+    """One Tune trial: run_trial, reporting after every dev evaluation and checkpointing at an
+    epoch's end (never the last) once `checkpoint_interval_s` has passed since the trial's start
+    or last checkpoint, so a preempted trial resumes from there. A project error (bad config or
+    data) is reported as the trial's last result instead of raised, so Tune does not retry it
+    (`max_failures` is for crashes); the tracker ends such a trial FAILED."""
     import torch  # here, not at the top: search workers import this module and never train
 
     from metaxl_core.train import run_trial
@@ -131,14 +141,15 @@ def trainable(config: dict, fixed: dict, checkpoint_interval_s: float = 0.0) -> 
             resume = torch.load(Path(folder) / "state.pt", weights_only=True)
 
     node_id = ray.get_runtime_context().get_node_id()
-    trial = {**fixed, **config}
+    trial = {**fixed, **trial_fields(config)}
     last_checkpoint = time.monotonic()
 
-    def report(metrics: dict, state: dict) -> None:
+    def report(metrics: dict, state: dict | None) -> None:
         nonlocal last_checkpoint
         metrics["node_id"] = node_id  # which cluster node ran the trial (an MLflow tag)
         # a finished trial never resumes; each checkpoint also forces a Tune experiment snapshot
-        if metrics["epoch"] == trial["epochs"] or time.monotonic() - last_checkpoint < checkpoint_interval_s:
+        if state is None or metrics["epoch"] == trial["epochs"] \
+                or time.monotonic() - last_checkpoint < checkpoint_interval_s:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -170,25 +181,28 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, outp
                uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
                resume: bool) -> dict:
     """Drive one (target, method[, source]) search to the end, its Tune runs under
-    `<output_dir>/tune/`; returns its trials' outcomes."""
+    `<output_dir>/tune/`: the anchor first, the search, then (seeds_per_config > 1) the
+    confirmation stage. Returns its trials' outcomes, the confirmation's and the pick."""
     fixed = sweep.base_trial(search["target"], search["method"], search["sources"][0]).to_dict()
-    epochs = fixed["epochs"]
     name = search_name(search)
     storage = os.path.join(output_dir, TUNE_DIR)
     path = os.path.join(storage, name)
     journal = os.path.join(output_dir, OPTUNA_JOURNAL)
-    error_file = os.path.join(path, "mlflow-errors.json")
-    tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
-        "sweep_id": sweep_id, "task": sweep.task, "method": search["method"],
-        "target_lang": language_of(search["target"]), "target": search["target"],
-        "encoder": fixed["encoder"], "search": name}, fixed, epochs, error_file)
-    resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
+    anchor = sweep.anchor_config(search, n_layers)
+    tags = {"sweep_id": sweep_id, "task": sweep.task, "method": search["method"],
+            "target_lang": language_of(search["target"]), "target": search["target"],
+            "encoder": fixed["encoder"], "search": name}
+    tracker = MLflowTracker(uri, experiment_id, parent_run_id, tags, fixed,
+                            os.path.join(path, ERRORS), anchor)
     with_fixed = tune.with_parameters(trainable, fixed=fixed,
                                       checkpoint_interval_s=sweep.checkpoint_interval_s)
     # Tune registers trainables by name, cluster-wide: concurrent searches sharing one name
     # would run each other's fixed config (source, method), so each search gets its own.
-    with_fixed.__name__ = search_name(search)
-    runnable = tune.with_resources(with_fixed, resources)
+    with_fixed.__name__ = name
+    runnable = tune.with_resources(with_fixed, {"cpu": sweep.cpus_per_trial,
+                                                "gpu": sweep.gpus_per_trial})
+    updates = max(sweep.base_trial(search["target"], search["method"], s).planned_updates()
+                  for s in search["sources"])
     if resume and restorable(path):  # the restored RunConfig brings its tracker back
         tuner = tune.Tuner.restore(path, runnable, resume_unfinished=True, restart_errored=True)
     else:
@@ -196,9 +210,9 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, outp
             runnable,
             param_space=search_space(sweep, search, n_layers),
             tune_config=tune.TuneConfig(search_alg=make_searcher(
-                                            sweep, index, name, journal,
+                                            sweep, index, name, journal, anchor,
                                             search["sources"] if search["ranked"] else ()),
-                                        scheduler=make_scheduler(sweep, epochs),
+                                        scheduler=make_scheduler(sweep, fixed, updates),
                                         num_samples=sweep.trials_per_search,
                                         reuse_actors=sweep.reuse_actors),
             run_config=tune.RunConfig(
@@ -206,51 +220,99 @@ def run_search(sweep: SweepConfig, search: dict, index: int, n_layers: int, outp
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    outcomes = _outcomes(tuner.fit(), fixed)
+    outcomes = _outcomes(tuner.fit(), fixed, anchor)
     close_study(journal, name)
-    repeats = []
-    finished = [o for o in outcomes if "dev_f1" in o]
-    if sweep.seeds_per_config > 1 and finished:
-        best = best_trial(finished, lambda o: o["dev_f1"], lambda o: o["trial_id"])
-        seed = best["config"]["seed"]
-        repeat_tracker = MLflowTracker(uri, experiment_id, parent_run_id, {
-            **tracker.tags, "role": "seed_repeat", "repeats_trial": str(best["trial_id"])},
-            fixed, epochs, os.path.join(path + "_seeds", "mlflow-errors.json"))
-        if resume and restorable(path + "_seeds"):
-            repeat_tuner = tune.Tuner.restore(path + "_seeds", runnable, resume_unfinished=True,
-                                              restart_errored=True)
+    confirmations = []
+    candidates = confirm_candidates(outcomes, sweep.confirm_top_k)
+    if sweep.seeds_per_config > 1 and candidates:
+        confirm_path = path + "_confirm"
+        confirm_tracker = MLflowTracker(uri, experiment_id, parent_run_id,
+                                        {**tags, "role": "confirm"}, fixed,
+                                        os.path.join(confirm_path, ERRORS))
+        if resume and restorable(confirm_path):
+            confirm_tuner = tune.Tuner.restore(confirm_path, runnable, resume_unfinished=True,
+                                               restart_errored=True)
         else:
-            repeat_tuner = tune.Tuner(runnable, param_space={
-                **best["config"],
-                "seed": tune.grid_search([seed + i for i in range(1, sweep.seeds_per_config)])},
+            confirm_tuner = tune.Tuner(
+                runnable, param_space={CANDIDATE: tune.grid_search(confirmation_runs(
+                    candidates, sweep.seeds_per_config, sweep.data_seed_follows_seed))},
                 tune_config=tune.TuneConfig(reuse_actors=sweep.reuse_actors),
-                run_config=tune.RunConfig(name=name + "_seeds", storage_path=storage, verbose=1,
-                                          callbacks=[repeat_tracker],
+                run_config=tune.RunConfig(name=name + "_confirm", storage_path=storage, verbose=1,
+                                          callbacks=[confirm_tracker],
                                           failure_config=tune.FailureConfig(
                                               max_failures=sweep.max_failures)))
-        repeats = [best] + _outcomes(repeat_tuner.fit(), fixed)
-    try:
-        with open(error_file, encoding="utf-8") as handle:
-            unlogged = json.load(handle)
-    except FileNotFoundError:
-        unlogged = [f"the MLflow tracker of {name} did not finish"]
-    return {"search": search, "name": name, "trials": outcomes, "seed_repeats": repeats,
+        confirmations = _outcomes(confirm_tuner.fit(), fixed)
+    unlogged = []
+    for folder in (path, path + "_confirm") if confirmations else (path,):
+        try:
+            with open(os.path.join(folder, ERRORS), encoding="utf-8") as handle:
+                unlogged += json.load(handle)
+        except FileNotFoundError:
+            unlogged.append(f"the MLflow tracker of {os.path.basename(folder)} did not finish")
+    return {"search": search, "name": name, "trials": outcomes, "anchor": anchor,
+            "confirmations": confirmations,
+            "pick": pick_of(outcomes, confirmations) if candidates else None,
             "mlflow_errors": unlogged}
 
 
-def _outcomes(grid, fixed: dict) -> list[dict]:
-    """Per trial of a finished Tune run: config, error, epochs run, dev F1 per epoch (`curve`),
-    its cost (`updates`, `cpu_s`, `gpu_s`) and, for a trial that ran to its end, its best dev F1
+ERRORS = "mlflow-errors.json"  # a Tune run's unrecovered MLflow errors, left by its tracker
+
+
+def confirm_candidates(outcomes: list[dict], top_k: int) -> list[dict]:
+    """The search's top `top_k` trials by dev F1 among those that ran their whole budget, and
+    its anchor's trial whatever its score or budget."""
+    finished = [o for o in outcomes if "dev_f1" in o]
+    top = rank_trials(finished, lambda o: o["dev_f1"], lambda o: o["trial_id"])[:top_k]
+    anchor = next((o for o in outcomes if o.get("anchor") and not o["error"]), None)
+    return top + ([anchor] if anchor is not None and anchor not in top else [])
+
+
+def confirmation_runs(candidates: list[dict], seeds: int, data_seed_follows: bool) -> list[dict]:
+    """The confirmation stage's trials: each candidate's configuration at `seeds` - 1 more
+    seeds (and at its own seed when ASHA stopped it before its full budget); the data sample
+    follows the seed unless the sweep fixes it."""
+    runs = []
+    for candidate in candidates:
+        seed = candidate["config"]["seed"]
+        for s in range(seed if "dev_f1" not in candidate else seed + 1, seed + seeds):
+            runs.append({**candidate["searched"], "seed": s, "confirms": candidate["trial_id"],
+                         **({"data_seed": s} if data_seed_follows else {})})
+    return runs
+
+
+def pick_of(outcomes: list[dict], confirmations: list[dict]) -> dict:
+    """`selection.confirmed_pick` over the candidates' dev F1 per seed (their own trial's and
+    their confirmation runs'), with the test F1 of the pick's seeds."""
+    dev, test = {}, {}
+    for row in outcomes + confirmations:
+        trial = row.get("confirms") or row["trial_id"]
+        if "dev_f1" in row:
+            dev.setdefault(trial, {})[row["config"]["seed"]] = row["dev_f1"]
+            test.setdefault(trial, {})[row["config"]["seed"]] = row["test_f1"]
+    anchor = next((o["trial_id"] for o in outcomes if o.get("anchor")), None)
+    pick = confirmed_pick(dev, anchor)
+    config = next(o["config"] for o in outcomes if o["trial_id"] == pick["pick"])
+    return {**pick, "config": config, "test_f1": test[pick["pick"]]}
+
+
+def _outcomes(grid, fixed: dict, anchor: dict | None = None) -> list[dict]:
+    """Per trial of a finished Tune run: config (`searched`: its searched fields), error,
+    whether it is the anchor (or which trial it `confirms`), dev F1 per update (`curve`), its
+    cost (`updates`, `cpu_s`, `gpu_s`) and, for a trial that ran to its end, its best dev F1
     and the test F1 of that model (the trial scores test once)."""
     outcomes = []
     for result in grid:
         history = result.metrics_dataframe
         error = result.error or result.metrics.get(PROJECT_ERROR)
-        row = {"trial_id": result.metrics.get("trial_id"), "config": {**fixed, **result.config},
-               "error": str(error)[-500:] if error else None}
+        searched = trial_fields(result.config)
+        config = {**fixed, **searched}
+        row = {"trial_id": result.metrics.get("trial_id"), "config": config, "searched": searched,
+               "error": str(error)[-500:] if error else None,
+               "anchor": bool(anchor) and all(config.get(k) == v for k, v in anchor.items())}
+        if CANDIDATE in result.config:
+            row["confirms"] = str(result.config[CANDIDATE]["confirms"])
         if history is not None and METRIC in history and not error:
-            row["epochs_run"] = int(history["epoch"].max())
-            row["curve"] = [[int(e), float(f)] for e, f in zip(history["epoch"], history[METRIC])]
+            row["curve"] = [[int(u), float(f)] for u, f in zip(history["step"], history[METRIC])]
             last = history.iloc[-1]
             row.update({key: float(last[f"cost/{key}"]) for key in ("updates", "cpu_s", "gpu_s")
                         if f"cost/{key}" in history})

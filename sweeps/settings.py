@@ -73,6 +73,7 @@ EMBEDDED_TRIAL = {
 }
 EMBEDDED_SPACE = {"rtn_width": [16, 32, 64], "rtn_layer": [0, None], "lr": [1e-4, 3e-3],
                   "meta_lr": [1e-5, 1e-2]}
+EMBEDDED_ANCHOR = {"rtn_width": 32, "lr": 1e-3, "meta_lr": 1e-3}  # the tiny encoder's defaults
 
 
 PATH_FIELDS = ("data_root", "split_index_file")  # trial fields that name a file or folder
@@ -136,20 +137,38 @@ class SweepConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractional values share a GPU
     seed: int = 0  # the searcher's seed (Optuna TPE)
-    grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
-    reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
+    # ASHA, in optimizer updates (trials report after every dev evaluation): updates every
+    # trial runs before it can be stopped (null: until its first evaluation, i.e. eval_every or
+    # one epoch); each later rung is reduction_factor times further and keeps the top
+    # 1/reduction_factor of the trials that reached it
+    grace_period: int | None = None
+    reduction_factor: int = 2
     max_failures: int = 1  # retries per trial after an error (Ray Tune FailureConfig)
     reuse_actors: bool = True  # run trials in warm worker processes (cached encoder and data)
     checkpoint_interval_s: float = 60.0  # a trial checkpoints after an evaluation once this long
     #                                      has passed since its start or last checkpoint (0: every
     #                                      evaluation); each checkpoint costs a Tune snapshot
-    seeds_per_config: int = 1  # >1: re-run each search's best configuration with more seeds
-    #                            and report test F1 as mean ± std over them
+    # The configuration a user would run without sweeping: searched fields (and `source`) ->
+    # value; a field left out takes TrialConfig's default (rtn_layer: the last layer; moved to
+    # the nearest value of the space when outside it), the source the first candidate (with
+    # `rank: auto`, the ranker's top one). Every search runs it first (MLflow tag anchor=true)
+    # and the pick is compared with it.
+    anchor: dict = field(default_factory=lambda: dict(EMBEDDED_ANCHOR))  # a file's own space: {}
+    # >1: the confirmation stage re-runs the search's top `confirm_top_k` finished
+    # configurations by dev F1, and the anchor, with seeds_per_config - 1 more seeds each (the
+    # data sample follows the seed), and the pick is the best mean dev F1 over seeds
+    seeds_per_config: int = 3
+    confirm_top_k: int = 3
     data_root: str | None = None
     # from `sources: {rank: auto, ...}` (not a key of its own): {"top_k": K, "matrix": path|None}
     source_rank: dict | None = None
     space: dict = field(default_factory=lambda: dict(EMBEDDED_SPACE))
     trial: dict = field(default_factory=lambda: dict(EMBEDDED_TRIAL))
+
+    @property
+    def data_seed_follows_seed(self) -> bool:
+        """Each seed draws its own data sample, unless the sweep's trial fixes data_seed."""
+        return "data_seed" not in self.trial
 
     def __post_init__(self):
         self.validate()
@@ -190,8 +209,10 @@ class SweepConfig:
             if any(m != "target_only" for m in self.methods) and not self.sources_for(target):
                 raise ConfigError(f"sources: the only source for target {target!r} is the target "
                                   "itself; add another source language")
-        for name in ("trials_per_search", "max_concurrent", "grace_period", "reduction_factor",
-                     "seeds_per_config"):
+        if self.grace_period is not None and self.grace_period < 1:
+            raise ConfigError(f"grace_period: must be >= 1 (updates) or null, got {self.grace_period}")
+        for name in ("trials_per_search", "max_concurrent", "reduction_factor",
+                     "seeds_per_config", "confirm_top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.reduction_factor < 2:
@@ -240,6 +261,7 @@ class SweepConfig:
             raise ConfigError(f"trial: fixes fields the sweep sets itself "
                               f"({searched or 'source/target/method'})")
         self.base_trial(self.targets[0], self.methods[0])  # the fixed trial fields must be valid
+        self.check_anchor()
 
     def datasets(self) -> list[str]:
         """Every dataset the sweep reads, once: the targets, then each source of every set."""
@@ -254,12 +276,59 @@ class SweepConfig:
         """The fixed part of a trial of this sweep (searched fields at their defaults)."""
         fields = {**self.trial, "task": self.task, "target": target, "method": method,
                   "source": None if method == "target_only" else source or self.sources_for(target)[0]}
+        if self.data_seed_follows_seed:
+            fields["data_seed"] = fields.get("seed", TrialConfig.__dataclass_fields__["seed"].default)
         if self.data_root is not None:
             fields["data_root"] = self.data_root
         try:
             return TrialConfig.from_dict(fields, source="trial")
         except ConfigError as err:
             raise ConfigError(f"sweep {err}") from None
+
+    def check_anchor(self) -> None:
+        """ConfigError unless every anchor field is a searched dimension (or `source`) and a
+        value given lies in the space."""
+        unknown = sorted(set(self.anchor) - set(self.space) - {"source"})
+        if unknown:
+            raise ConfigError(f"anchor: {unknown} not searched; anchor names searched dimensions "
+                              f"({sorted(self.space)}) and source")
+        if "source" in self.anchor and self.anchor["source"] not in self.sources:
+            raise ConfigError(f"anchor.source: {self.anchor['source']!r} is not among sources "
+                              f"{self.sources}")
+        for name in self.anchor.keys() - {"source"}:
+            if self.anchor_value(name) != self.anchor[name]:
+                raise ConfigError(f"anchor.{name}: {self.anchor[name]!r} lies outside space.{name} "
+                                  f"{self.space[name]}; the anchor is a configuration the search "
+                                  "could reach")
+
+    def anchor_value(self, name: str):
+        """The anchor's value of a searched dimension: given, else TrialConfig's default, moved
+        to the nearest value the space allows when it lies outside (rtn_layer None: the last)."""
+        values = self.space[name]
+        value = self.anchor.get(name, TrialConfig.__dataclass_fields__[name].default)
+        if name in ("lr", "meta_lr"):
+            return min(max(value, values[0]), values[1])
+        if name == "rtn_layer":
+            return value if value is None else max(value, values[0]) if values[1] is None \
+                else min(max(value, values[0]), values[1])
+        if value in values:
+            return value
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        return min(values, key=lambda v: abs(v - value)) if numbers and isinstance(
+            value, (int, float)) else values[0]
+
+    def anchor_config(self, search: dict, n_layers: int) -> dict:
+        """The anchor of one search: its searched fields (and source, when searched)."""
+        anchor = {}
+        if len(search["sources"]) > 1:
+            source = self.anchor.get("source", search["sources"][0])
+            anchor["source"] = source if source in search["sources"] else search["sources"][0]
+        for name in search["dimensions"]:
+            anchor[name] = self.anchor_value(name)
+        if "rtn_layer" in anchor and anchor["rtn_layer"] is None:
+            high = self.space["rtn_layer"][1]
+            anchor["rtn_layer"] = min(n_layers if high is None else high, n_layers)
+        return anchor
 
     def searches(self, ranked: dict[str, list[str]] | None = None) -> list[dict]:
         """One search per (target, method), or per (target, method, source) with grid_pairs.
@@ -291,6 +360,8 @@ class SweepConfig:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
         if isinstance(values.get("sources"), dict):
             values["sources"], values["source_rank"] = _ranked_sources(where, values["sources"])
+        if "space" in values:  # the embedded anchor belongs to the embedded space
+            values.setdefault("anchor", {})
         hints = typing.get_type_hints(cls)
         values = {key: coerce_field(where, key, value, hints[key]) for key, value in values.items()}
         trial_root = (values.get("trial") or {}).get("data_root")

@@ -2,8 +2,10 @@
 
 Layout: one experiment per sweep name; a parent run per target language and sweep attempt
 (tags `role=target`, `sweep_id`) that records the best trial; one child run per Tune trial (tag
-`role=trial`, `trial_id`), found again by its trial id on resume, so a resumed sweep never
-duplicates a run, and epochs a restarted trial reports again are not logged twice. A run no
+`role=trial`, `trial_id`; the search's anchor also `anchor=true`; a confirmation stage's runs
+`role=confirm`, `confirms_trial`), found again by its trial id on resume, so a resumed sweep
+never duplicates a run, and evaluations a restarted trial reports again are not logged twice.
+Metrics are logged at step = optimizer updates. A run no
 trial owns at the end (its trial started after Tune's last saved state and a resume replaced
 it) ends KILLED as `role=abandoned_trial` with tag `killed_reason`. Runs stopped
 early by the scheduler end as KILLED with tag `stopped_early=true`, failed trials as FAILED
@@ -23,20 +25,29 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from metaxl_core.config import source_label
+from metaxl_core.config import TrialConfig, source_label
 from metaxl_core.selection import best_evaluation
 from sweeps.mlflow_store import find_run, resume_run, safe_params
 
 PROJECT_ERROR = "project_error"  # a trial's last result when a config or data error ended it
+CANDIDATE = "candidate"  # a confirmation trial's config: {fields..., "confirms": trial id}
+
+
+def trial_fields(config: dict) -> dict:
+    """A Tune trial's config as trial fields: a confirmation trial's candidate unpacked."""
+    candidate = config.get(CANDIDATE, {})
+    return {**{k: v for k, v in config.items() if k != CANDIDATE},
+            **{k: v for k, v in candidate.items() if k != "confirms"}}
 
 
 class MLflowTracker(tune.Callback):
     """Logs each Tune trial of one search as an MLflow child run of its target's parent run."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, tags: dict,
-                 fixed_config: dict, epochs: int, error_file: str):
+                 fixed_config: dict, error_file: str, anchor: dict | None = None):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
-        self.tags, self.fixed_config, self.epochs = tags, fixed_config, epochs
+        self.tags, self.fixed_config = tags, fixed_config
+        self.anchor = anchor  # the anchor's searched fields: the trial that has them is tagged
         self.error_file = error_file  # where unrecovered logging errors are left for the driver
         self.client = MlflowClient(tracking_uri=uri)
         self.run_ids: dict[str, str] = {}
@@ -72,10 +83,14 @@ class MLflowTracker(tune.Callback):
         if trial.trial_id not in self.run_ids:
             run_id = find_run(self.client, self.experiment_id, trial_id=trial.trial_id)
             if run_id is None:
-                config = {**self.fixed_config, **trial.config}
+                config = self._config(trial)
                 tags = {"role": "trial", **self.tags, "trial_id": trial.trial_id,
                         "source_lang": source_label(config.get("source")),
                         "mlflow.parentRunId": self.parent_run_id}
+                if self.anchor and all(config.get(k) == v for k, v in self.anchor.items()):
+                    tags["anchor"] = "true"
+                if CANDIDATE in trial.config:
+                    tags["confirms_trial"] = str(trial.config[CANDIDATE]["confirms"])
                 run_id = self.client.create_run(
                     self.experiment_id, run_name=f"{tags['method']}-{tags['target_lang']}-"
                     f"{trial.trial_id}", tags=tags).info.run_id
@@ -86,16 +101,19 @@ class MLflowTracker(tune.Callback):
             self.run_ids[trial.trial_id] = run_id
         return self.run_ids[trial.trial_id]
 
+    def _config(self, trial) -> dict:
+        return {**self.fixed_config, **trial_fields(trial.config)}
+
     def _logged_history(self, run_id: str) -> list[dict]:
-        by_epoch: dict[int, dict] = {}
-        for key in ("dev/f1", "test/f1"):
+        by_step: dict[int, dict] = {}
+        for key in ("dev/f1", "test/f1", "epoch"):
             for metric in self.client.get_metric_history(run_id, key):
-                by_epoch.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
-        return [by_epoch[e] for e in sorted(by_epoch)]
+                by_step.setdefault(metric.step, {"step": metric.step})[key] = metric.value
+        return [by_step[s] for s in sorted(by_step)]
 
     # -- Tune callbacks
     def on_trial_start(self, iteration, trials, trial, **info):
-        params = [Param(k, v) for k, v in safe_params({**self.fixed_config, **trial.config}).items()]
+        params = [Param(k, v) for k, v in safe_params(self._config(trial)).items()]
         self._do(lambda: self.client.log_batch(self._run_id(trial), params=params))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -103,21 +121,22 @@ class MLflowTracker(tune.Callback):
             self.project_errors[trial.trial_id] = result[PROJECT_ERROR]
             return
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        step = int(result.get("step", result.get("training_iteration", 0)))
         history = self.history.setdefault(trial.trial_id, [])
-        if any(m["epoch"] == epoch for m in history):
-            return  # a trial restarted from scratch reports it again: keep the first copy
-        history.append({"epoch": epoch, **metrics})
+        if any(m["step"] == step for m in history):
+            return  # a trial restarted from a checkpoint reports it again: keep the first copy
+        history.append({"step": step, "epoch": result.get("epoch", 0), **metrics})
         best = best_evaluation(history)
-        summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/epoch": best["epoch"],
+        summary = {"best/dev_f1": best.get("dev/f1", 0.0), "best/step": best["step"],
                    **({"best/test_f1": best["test/f1"]} if "test/f1" in best else {}),
                    **{k: v for k, v in metrics.items() if k.startswith("best/")}}  # the trial's own
         stamp = int(time.time() * 1000)
         tags = [RunTag("node_id", str(result["node_id"]))] if "node_id" in result else []
+        logged = {**metrics, **summary, "epoch": result.get("epoch", 0)}
 
         def log():
             self.client.log_batch(self._run_id(trial), tags=tags, metrics=[
-                Metric(k, float(v), stamp, epoch) for k, v in {**metrics, **summary}.items()])
+                Metric(k, float(v), stamp, step) for k, v in logged.items()])
         self._do(log)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -126,8 +145,8 @@ class MLflowTracker(tune.Callback):
             self._finish(trial, "FAILED", {"error": error[-4000:],
                                            "error_summary": error.strip().splitlines()[-1][:500]})
             return
-        epochs_done = len(self.history.get(trial.trial_id, []))
-        stopped = epochs_done < self.epochs
+        done = max((m["step"] for m in self.history.get(trial.trial_id, [])), default=0)
+        stopped = done < TrialConfig.from_dict(self._config(trial)).planned_updates()
         self._finish(trial, "KILLED" if stopped else "FINISHED",
                      {"stopped_early": str(stopped).lower()})
 
@@ -160,7 +179,7 @@ class MLflowTracker(tune.Callback):
 
     def _finish(self, trial, status: str, tags: dict) -> None:
         history = list(self.history.get(trial.trial_id, []))
-        config = {**self.fixed_config, **trial.config}
+        config = self._config(trial)
 
         def finish():
             run_id = self._run_id(trial)
@@ -169,7 +188,7 @@ class MLflowTracker(tune.Callback):
             if history:
                 best = best_evaluation(history)
                 self.client.log_text(run_id, json.dumps(
-                    {"config": config, "history": history, "best_epoch": best["epoch"],
+                    {"config": config, "history": history, "best_step": best["step"],
                      "final": {k: v for k, v in best.items() if "/" in k}, "status": status},
                     indent=2, sort_keys=True), "results.json")
             self.client.set_terminated(run_id, status=status)

@@ -36,6 +36,7 @@ sources: [ner:conll2003:en, ner:masakhaner2:hau]
 methods: [joint]
 grid_pairs: {grid}
 trials_per_search: {trials}
+seeds_per_config: 1
 max_concurrent: {concurrent}
 max_failures: {retries}
 space: {{lr: [1.0e-4, 3.0e-3]}}
@@ -394,6 +395,9 @@ def test_cleanup_stops_what_a_killed_sweep_left_and_nothing_else(tmp_path, capsy
         table = pairs._processes()
         (out / RAY_PROCESSES).write_text(json.dumps(  # other's pid was since reused: never killed
             [[leftover.pid, table[leftover.pid][1]], [other.pid, "1"]]), encoding="utf-8")
+        assert pairs.main(["--cleanup", "--output-dir", str(out), "--dry-run"]) == 0
+        assert f"would stop 1 leftover Ray process(es) of {out}: pids {leftover.pid}" in \
+            capsys.readouterr().out and leftover.poll() is None
         assert pairs.main(["--cleanup", "--output-dir", str(out)]) == 0
         assert f"stopped 1 leftover Ray process(es) of {out}: pids {leftover.pid}" in \
             capsys.readouterr().out
@@ -403,7 +407,10 @@ def test_cleanup_stops_what_a_killed_sweep_left_and_nothing_else(tmp_path, capsy
         for proc in (leftover, other):
             proc.kill()
             proc.wait()
-    assert pairs.main(["--cleanup", "--output-dir", str(tmp_path / "none")]) == 2
+    assert pairs.main(["--cleanup", "--output-dir", str(tmp_path / "none")]) == 0
+    assert "nothing to clean up" in capsys.readouterr().out
+    (tmp_path / "file").write_text("x")
+    assert pairs.main(["--cleanup", "--output-dir", str(tmp_path / "file")]) == 2
 
 
 def test_rays_auth_token_is_private(tmp_path, monkeypatch):

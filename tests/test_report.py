@@ -172,6 +172,42 @@ def test_bench_report_tables_gains_and_plots(bench_store, tmp_path):
     assert not (out / "sentiment_gain_heatmap.png").exists()  # one source: no heatmap
 
 
+def test_sentiment_tables_and_plots_show_the_constant_classifiers(store_uri, tmp_path):
+    """From the gold label counts the runs logged (AfriSenti swa test: 224 positive, 80
+    negative), each sentiment table shows the majority class and always positive scored as
+    the methods are: macro-F1 42.4 where positive-class F1 says 84.8; dev has its own."""
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("baselines")
+    target, source = "sentiment:afrisenti:swa", "sentiment:afrisenti:hau"
+    for method, values in [("joint", [0.62, 0.64]), ("metaxl", [0.66, 0.60])]:
+        for seed, value in enumerate(values, 1):
+            results = _results("sentiment", target, source, method, value)
+            for row in results["history"]:
+                row.update({"dev/n_negative": 30, "dev/n_positive": 70})
+            results["final"].update({"test/n_negative": 80, "test/n_positive": 224,
+                                     "test/pos_f1": value + 0.2, "test/acc": value + 0.15})
+            log_results(client, experiment_id, results,
+                        {"role": "bench", "method": method, "source": source, "seed": seed})
+    out = tmp_path / "out"
+    data = report_lib.build_report(store_uri, "baselines", out)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    head = next(line for line in md.splitlines() if line.startswith("| target ← source"))
+    assert head.startswith("| target ← source | majority class | always positive | joint (JT) |")
+    tables = [line for line in md.splitlines() if line.startswith("| swa ← hau |")
+              and "[" not in line]  # not the paired gains
+    # test macro-F1, positive-class F1 (where always positive beats every method: bold),
+    # accuracy, dev macro-F1 (30 negative, 70 positive)
+    assert [line.split(" | ")[1:3] for line in tables] == [
+        ["42.4", "42.4"], ["**84.8**", "**84.8**"], ["73.7", "73.7"], ["41.2", "41.2"]]
+    assert "(n=" not in tables[0] and "**" not in tables[0].split(" | ")[1]
+    cells = data["tasks"]["sentiment"]["rows"][0]["cells"]
+    macro = 100 * (2 * 224 / (224 + 304)) / 2  # positive-class F1 and 0 for negative, averaged
+    assert cells["majority"] == {"values": [pytest.approx(macro)], "n": 1,
+                                 "mean": pytest.approx(macro), "std": 0.0}
+    assert "majority" not in data["tasks"]["sentiment"]["rows"][0]["gains"]
+    assert _png_size(out / "sentiment_curves.png")[0] > 5_000
+
+
 def test_sweep_report_uses_best_trial_by_dev(store_uri, tmp_path):
     uri = store_uri
     client = MlflowClient(tracking_uri=uri)

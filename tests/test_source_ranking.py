@@ -13,8 +13,9 @@ import pytest
 from metaxl_core.errors import ConfigError, DataError
 from metaxl_core.readers import SAMPLE_ROOT
 from sweeps import source_features
-from sweeps.rank_sources import (BASELINE, closest_by_genus, f1_lost, fit_ranker, leave_one_target_out,
-                                 load_matrix, ndcg_at_k, rank_candidates, top1_hit)
+from sweeps.rank_sources import (BASELINE, DONOR, closest_by_genus, donor_quality, f1_lost, fit_ranker,
+                                 leave_one_target_out, load_matrix, ndcg_at_k, rank_candidates, ranker_inputs,
+                                 top1_hit)
 from sweeps.settings import SweepConfig
 from sweeps.source_features import URIEL_FEATURES, data_features, uriel_code, uriel_distance
 from tests.conftest import PROJECT_ROOT
@@ -128,6 +129,7 @@ def test_metrics_of_the_oracle_order():
 def test_metrics_of_a_wrong_order():
     ranked = ["a", "b", "c", "d"]  # relevance b 10, c 9, a 8, d 7
     assert top1_hit(ranked, F1) == 0 and f1_lost(ranked, F1) == pytest.approx(0.2)
+    assert f1_lost(ranked, F1, 2) == 0 and f1_lost(["d", "a", "c"], F1, 3) == pytest.approx(0.1)
     dcg = 8 + 10 / math.log2(3) + 9 / 2
     ideal = 10 + 9 / math.log2(3) + 8 / 2
     assert ndcg_at_k(ranked, F1) == pytest.approx(dcg / ideal)
@@ -161,7 +163,10 @@ def toy_problem():
 def test_leave_one_target_out_beats_the_baselines_on_a_matrix_it_can_learn():
     matrix, features = toy_problem()
     result = leave_one_target_out(matrix, features)
-    assert result["learned"] == {"top1": 1.0, "ndcg@3": pytest.approx(1.0), "f1_lost": 0.0, "targets": 3}
+    for name in ("learned", "unconstrained ridge"):
+        assert result[name] == {"top1": 1.0, "ndcg@3": pytest.approx(1.0), "f1_lost": 0.0,
+                                "f1_lost@3": 0.0, "targets": 3}
+    assert result["best donor"]["top1"] == 0  # each target's winner is the weaker donor elsewhere
     assert result["weighted distance"]["top1"] == 0 and result["weighted distance"]["ndcg@3"] < 1
     assert result["always English"]["top1"] == 0
     assert result["always English"]["f1_lost"] == pytest.approx((0.25 + 0.30 + 0.23) / 3)
@@ -169,11 +174,11 @@ def test_leave_one_target_out_beats_the_baselines_on_a_matrix_it_can_learn():
     assert result["closest by genus"]["top1"] == pytest.approx(1 / 3)
 
 
-def test_the_learned_weights_point_the_right_way():
+def test_the_unconstrained_weights_follow_the_data_whatever_the_features_mean():
     matrix, features = toy_problem()
-    from sweeps.rank_sources import ranker_inputs
     ranker = fit_ranker(matrix, {p: ranker_inputs(f) for p, f in features.items()},
-                        ["syntactic", "word_overlap", "log_source_size"])
+                        ["syntactic", "word_overlap", "log_source_size"], monotone=False)
+    # the toy's distances grow with F1, so a free sign makes a farther language score higher
     assert ranker.weights["word_overlap"] > 0 and ranker.weights["syntactic"] > 0
     assert ranker.weights["log_source_size"] == 0  # constant: no information
     assert closest_by_genus({S1: features[(S1, TARGETS[0])], S2: features[(S2, TARGETS[0])]}) == [S2, S1]
@@ -190,11 +195,45 @@ def test_rank_candidates_uses_measurements_then_features_then_the_baseline():
         features[(source, new)] = {**{k: w for k in URIEL_FEATURES}, "word_overlap": w,
                                    "source_size": 100, "shared_family_nodes": 0}
     rows, warnings = rank_candidates(new, [EN, S1, S2], features, matrix)
-    assert [r["source"] for r in rows] == [S1, S2, EN] and "features alone" in warnings[0]
+    assert [r["source"] for r in rows] == [S1, S2, EN] and "the learned ranker" in warnings[0]
     assert rows[0]["contributions"]["word_overlap"] > 0 and rows[0]["measured_f1"] is None
     rows, warnings = rank_candidates(new, [EN, S1, S2], features, None)
     assert [r["source"] for r in rows] == [EN, S2, S1] and "no transfer matrix" in warnings[0]
     assert rows == sorted(rows, key=lambda r: -r["score"]) and BASELINE.weights["genetic"] < 0
+
+
+def test_a_closer_candidate_never_scores_lower():
+    """On the toy, where the distances grow with F1, the learned ranker (what rank: auto uses)
+    still never raises a candidate's score as one of its distances grows, nor lowers it as one
+    of its overlaps grows."""
+    matrix, features = toy_problem()
+    new = "ner:toy:t4"
+    for source, w in ((EN, 0.01), (S1, 0.2), (S2, 0.1)):
+        features[(source, new)] = {**{k: w for k in URIEL_FEATURES}, "word_overlap": w,
+                                   "source_size": 100, "shared_family_nodes": 0}
+    for name, sign in [*((k, -1) for k in URIEL_FEATURES), ("word_overlap", 1)]:
+        scores = []
+        for step in (0, 0.1, 0.3, 0.6):
+            moved = {**features, (S1, new): {**features[(S1, new)], name: 0.2 + step}}
+            rows, _ = rank_candidates(new, [EN, S1, S2], moved, matrix)
+            scores.append(sign * next(r["score"] for r in rows if r["source"] == S1))
+        assert scores == sorted(scores), (name, scores)
+
+
+def test_the_donor_term_for_a_target_leaves_its_column_out():
+    """Turning t1's column around changes every source's donor quality, but not t1's, nor the
+    learned ranker's scores for t1 (its fit and donor term both leave the column out)."""
+    matrix, features = toy_problem()
+    target = TARGETS[0]
+    before, _ = rank_candidates(target, [EN, S1, S2], features, matrix)
+    donors, everywhere = donor_quality(matrix, target), donor_quality(matrix)
+    for source, f1 in zip([EN, S1, S2], [0.9, 0.1, 0.5]):
+        matrix[source][target] = f1
+    after, _ = rank_candidates(target, [EN, S1, S2], features, matrix)
+    assert donor_quality(matrix, target) == donors and donor_quality(matrix) != everywhere
+    score = {r["source"]: (r["score"], r["contributions"][DONOR]) for r in before}
+    assert {r["source"]: (r["score"], r["contributions"][DONOR]) for r in after} == score
+    assert [r["source"] for r in after][0] == EN  # measured: ranked by t1's new column
 
 
 @pytest.mark.parametrize("text,message", [
@@ -279,7 +318,7 @@ def test_a_bad_ranked_source_list_names_the_problem(tmp_path, sources, message):
     assert message in str(err.value) and "sweep.yaml" in str(err.value)
 
 
-def test_the_searcher_tries_the_ranked_sources_first_and_once(tmp_path):
+def test_the_searcher_tries_the_anchor_then_the_ranked_sources_first_and_once(tmp_path):
     from sweeps.search import METRIC, MODE, make_searcher, search_space
     sweep = SweepConfig.load(write(tmp_path, RANKED + "max_concurrent: 4\n"))
     order = ["ner:masakhaner2:ibo", "ner:masakhaner2:hau", "ner:conll2003:en"]
@@ -288,13 +327,15 @@ def test_the_searcher_tries_the_ranked_sources_first_and_once(tmp_path):
     journal = str(tmp_path / "optuna.journal")
 
     def searcher():
-        limiter = make_searcher(sweep, 0, "s", journal, order)
+        limiter = make_searcher(sweep, 0, "s", journal, sweep.anchor_config(search, 2),
+                                first_sources=order)
         assert limiter.set_search_properties(METRIC, MODE, search_space(sweep, search, n_layers=2))
         return limiter
 
     first = searcher()
     configs = [first.suggest(f"t{i}") for i in range(3)]
-    assert [c["source"] for c in configs] == order
+    assert [c["source"] for c in configs] == order  # the first is the anchor, from the top one
+    assert configs[0] == sweep.anchor_config(search, 2)
     assert len({c["lr"] for c in configs}) == 3  # the other dimensions are sampled
     again = searcher()  # a resumed sweep: the study already holds the ranked trials
     assert all(t.state.name != "WAITING" for t in again.searcher._ot_study.get_trials())

@@ -71,23 +71,59 @@ def test_sweep_logs_one_tagged_run_per_trial(finished_sweep):
         assert run.data.params["method"] == tags["method"]
     assert len({r.data.tags["trial_id"] for r in runs}) == len(runs)
     assert "target" in stdout and "metaxl-joint" in stdout, "final summary table"
+    assert "dev - anchor" in stdout and "anchor (runs first):" in stdout
 
 
-def test_best_configurations_are_repeated_with_more_seeds(finished_sweep):
+def test_every_search_runs_its_anchor_first(finished_sweep):
+    """The configuration a user would run without sweeping: the first trial of each search,
+    tagged, with the sweep's anchor (TrialConfig's defaults moved into the space)."""
+    tmp_path, _ = finished_sweep
+    runs = trial_runs(tmp_path)
+    anchors = [r for r in runs if r.data.tags.get("anchor") == "true"]
+    assert len(anchors) == 4, "one per (target, method) search"
+    for run in anchors:
+        params = run.data.params
+        search = [r for r in runs if r.data.tags["search"] == run.data.tags["search"]]
+        assert run.info.start_time == min(r.info.start_time for r in search), "it runs first"
+        assert params["source"] == "ner:conll2003:en" and float(params["lr"]) == 1e-4
+        if params["method"] == "metaxl":  # rtn_width 192 -> 16, meta_lr 1e-6 -> 1e-5
+            assert (params["rtn_width"], float(params["meta_lr"])) == ("16", 1e-5)
+            assert params["rtn_layer"] == "2"  # null: the last layer of tiny-bert
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for search in summary["searches"]:
+        assert sum(t["anchor"] for t in search["trials"]) == 1
+
+
+def test_the_confirmation_stage_reruns_the_top_trials_and_the_anchor_with_more_seeds(
+        finished_sweep):
     tmp_path, stdout = finished_sweep
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("test-sweep")
-    repeats = client.search_runs([experiment.experiment_id], "tags.role = 'seed_repeat'")
-    assert len(repeats) == 4, "one extra seed for each (target, method) search's best"
+    confirms = client.search_runs([experiment.experiment_id], "tags.role = 'confirm'")
     trials = {r.data.tags["trial_id"]: r for r in trial_runs(tmp_path)}
-    for run in repeats:
-        best = trials[run.data.tags["repeats_trial"]]
-        assert run.data.params["seed"] != best.data.params["seed"]
-        for key in ("lr", "source", "method"):
-            assert run.data.params[key] == best.data.params[key]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for search in summary["searches"]:
+        finished = [t for t in search["trials"] if "dev_f1" in t]
+        anchor = next(t for t in search["trials"] if t["anchor"])
+        confirmed = {c["confirms"] for c in search["confirmations"]}
+        assert confirmed == {t["trial_id"] for t in finished} | {anchor["trial_id"]}
+        for candidate in confirmed:  # seed 11 is the search's; a stopped one reruns it too
+            seeds = sorted(c["config"]["seed"] for c in search["confirmations"]
+                           if c["confirms"] == candidate)
+            ran_to_end = any(t["trial_id"] == candidate for t in finished)
+            assert seeds == ([12] if ran_to_end else [11, 12]), (candidate, seeds)
+        pick = search["pick"]
+        assert pick["seeds"] == 2 and pick["anchor"] == anchor["trial_id"]
+        assert pick["mean"] == max(s["mean"] for s in pick["scores"].values() if s["seeds"] == 2)
+    assert len(confirms) == sum(len(s["confirmations"]) for s in summary["searches"])
+    for run in confirms:  # the candidate's configuration on another seed and data sample
+        trial = trials[run.data.tags["confirms_trial"]]
+        assert run.data.params["data_seed"] == run.data.params["seed"]
+        for key in ("lr", "source", "method", "rtn_width"):
+            assert run.data.params.get(key) == trial.data.params.get(key)
     for row in summary["targets"]:
         assert row["seeds"] == 2 and row["test_f1_std"] >= 0.0
+        assert (row["dev_vs_anchor"] is None) == (row["trial_id"] == row["anchor_trial_id"])
     assert "(2)" in stdout
 
 
@@ -95,7 +131,10 @@ def test_asha_stopped_at_least_one_trial(finished_sweep):
     runs = trial_runs(finished_sweep[0])
     stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
     assert stopped and all(r.info.status == "KILLED" for r in stopped)
-    assert all(r.data.metrics["best/epoch"] < 3 for r in stopped)
+    client = MlflowClient(f"sqlite:///{finished_sweep[0] / 'out' / 'mlflow.db'}")
+    for run in stopped:  # ASHA's rungs are in updates (12 in all: 3 epochs of 4 batches)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "dev/f1")]
+        assert max(steps) < 12 and steps == sorted(steps)
 
 
 def test_the_sweep_keeps_its_optuna_studies_and_writes_an_analysis(finished_sweep):
@@ -113,7 +152,8 @@ def test_the_sweep_keeps_its_optuna_studies_and_writes_an_analysis(finished_swee
             assert (files / png).read_bytes()[:4] == b"\x89PNG", (name, png)
         for trial in search["trials"]:  # cost and curve per trial, from the trial's reports
             assert trial["updates"] > 0 and trial["cpu_s"] > 0 and trial["gpu_s"] == 0.0
-            assert [e for e, _ in trial["curve"]] == list(range(1, trial["epochs_run"] + 1))
+            steps = [u for u, _ in trial["curve"]]  # an evaluation per epoch of 4 updates
+            assert steps == [4 * (i + 1) for i in range(len(steps))] and steps[-1] == trial["updates"]
         complete = {round(t.value, 6) for t in study.trials if t.value is not None}
         assert complete == {round(t["curve"][-1][1], 6) for t in search["trials"]}
     md = (out / "analysis" / "analysis.md").read_text()
@@ -131,12 +171,13 @@ def test_export_picks_the_best_dev_run_and_a_rerun_reproduces_it(finished_sweep,
     uri = f"sqlite:///{sweep_dir / 'out' / 'mlflow.db'}"
     paths = export(uri, "test-sweep", tmp_path / "exports")
     assert sorted(p.name for p in paths) == ["ibo.yaml", "index.yaml", "yor.yaml"]
-    runs = trial_runs(sweep_dir)
     exported = yaml.safe_load((tmp_path / "exports" / "yor.yaml").read_text())
-    finished = [r for r in runs if r.data.tags["target_lang"] == "yor"
-                and r.info.status == "FINISHED"]
-    best = max(r.data.metrics["best/dev_f1"] for r in finished)
-    assert exported["metrics"]["dev_f1"] == best
+    summary = json.loads((sweep_dir / "out" / "summary.json").read_text())
+    row = next(r for r in summary["targets"] if r["target"] == "ner:masakhaner2:yor")
+    assert exported["trial_id"] == row["trial_id"], "the export and the summary pick the same"
+    note = exported["selection"]
+    assert note["seeds"] == 2 and note["dev_f1_mean"] == pytest.approx(row["dev_f1"])
+    assert note["anchor_trial_id"] == row["anchor_trial_id"]
     assert exported["config"]["source"] in ("ner:conll2003:en", "ner:masakhaner2:hau")
     rerun = run_trial(TrialConfig.from_yaml(tmp_path / "exports" / "yor.yaml"))
     assert rerun["final"]["test/f1"] == pytest.approx(exported["metrics"]["test_f1"], abs=1e-3)
@@ -241,6 +282,7 @@ targets: [ner:masakhaner2:yor]
 sources: [ner:conll2003:en]
 methods: [joint]
 trials_per_search: 4
+seeds_per_config: 1
 max_concurrent: 2
 space: {lr: [1.0e-4, 3.0e-3]}
 trial: {encoder: tiny-bert, epochs: 3, source_train_size: 40, target_train_size: 30,
@@ -321,6 +363,7 @@ sources: ["ner:conll2003:en,ner:masakhaner2:hau", ner:masakhaner2:hau]
 methods: [metaxl]
 grid_pairs: true
 trials_per_search: 2
+seeds_per_config: 1
 max_concurrent: 1
 space: {rtn_per_source: [true], source_sampling: [learned, uniform], lr: [1.0e-3, 3.0e-3]}
 trial: {encoder: tiny-bert, epochs: 2, source_train_size: 30, target_train_size: 20,
