@@ -89,9 +89,10 @@ def test_tracker_keeps_failed_logging_calls_and_reports_what_never_arrived(tmp_p
     uri = new_mlflow_store(tmp_path / "mlflow.db")
     client, experiment_id = open_experiment(uri, "outage")
     parent = client.create_run(experiment_id).info.run_id
+    fixed = {"source": "ner:conll2003:en", "target": "ner:masakhaner2:yor", "method": "joint",
+             "epochs": 2, "source_train_size": 10, "batch_size": 10}  # 2 updates in all
     tracker = MLflowTracker(uri, experiment_id, parent, {"method": "joint", "target_lang": "yor"},
-                            {"source": "ner:conll2003:en"}, epochs=2,
-                            error_file=str(tmp_path / "errors.json"))
+                            fixed, error_file=str(tmp_path / "errors.json"))
     trial = SimpleNamespace(trial_id="t1", config={"lr": 0.01}, error_file=None)
     real_log_batch = tracker.client.log_batch
     down = {"on": True}
@@ -103,10 +104,10 @@ def test_tracker_keeps_failed_logging_calls_and_reports_what_never_arrived(tmp_p
 
     tracker.client.log_batch = flaky_log_batch  # the server goes down mid-sweep
     tracker.on_trial_start(0, [], trial)
-    tracker.on_trial_result(0, [], trial, {"epoch": 1, "dev/f1": 0.5, "test/f1": 0.4})
+    tracker.on_trial_result(0, [], trial, {"epoch": 1, "step": 1, "dev/f1": 0.5, "test/f1": 0.4})
     assert tracker.pending and "unreachable" in tracker.errors[0]
     down["on"] = False  # and comes back: the buffered calls go through in order
-    tracker.on_trial_result(0, [], trial, {"epoch": 2, "dev/f1": 0.6, "test/f1": 0.45})
+    tracker.on_trial_result(0, [], trial, {"epoch": 2, "step": 2, "dev/f1": 0.6, "test/f1": 0.45})
     tracker.on_trial_complete(0, [], trial)
     assert not tracker.pending
     run = client.search_runs([experiment_id], "tags.trial_id = 't1'")[0]
@@ -114,7 +115,7 @@ def test_tracker_keeps_failed_logging_calls_and_reports_what_never_arrived(tmp_p
     assert [m.value for m in client.get_metric_history(run.info.run_id, "dev/f1")] == [0.5, 0.6]
 
     down["on"] = True  # down for good: the end of the experiment reports it
-    tracker.on_trial_result(0, [], trial, {"epoch": 3, "dev/f1": 0.7, "test/f1": 0.5})
+    tracker.on_trial_result(0, [], trial, {"epoch": 3, "step": 3, "dev/f1": 0.7, "test/f1": 0.5})
     tracker.flush = lambda attempts=1: MLflowTracker.flush(tracker, attempts=1)
     tracker.on_experiment_end([])
     assert "unreachable" in json.loads((tmp_path / "errors.json").read_text())[0]
