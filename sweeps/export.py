@@ -82,6 +82,10 @@ def best_runs(uri: str, experiment: str, top_k: int = 1, partial: bool = False,
             for target, candidates in sorted(by_target.items())}
 
 
+def _trial_id(run) -> str:
+    return run.data.tags.get("trial_id", run.info.run_id)
+
+
 def _scored(run) -> bool:
     return run.info.status == "FINISHED" and "best/dev_f1" in run.data.metrics
 
@@ -91,10 +95,10 @@ def search_picks(runs: list, prefer_anchor: bool = False) -> dict[str, dict]:
     `selection.confirmed_pick` over its candidates' dev F1 on the seeds they ran to the end
     (a trial's own seed, and its confirmation runs'); `prefer_anchor`: a pick whose paired dev
     interval does not lie above the anchor gives way to the anchor (`kept_anchor`)."""
-    trials = {r.data.tags["trial_id"]: r for r in runs if r.data.tags["role"] == "trial"}
+    trials = {_trial_id(r): r for r in runs if r.data.tags["role"] == "trial"}
     dev: dict[str, dict[str, dict[int, float]]] = {}
     for run in filter(_scored, runs):
-        trial = run.data.tags.get("confirms_trial") or run.data.tags["trial_id"]
+        trial = run.data.tags.get("confirms_trial") or _trial_id(run)
         if trial in trials:
             seed = int(run.data.params.get("seed", TrialConfig.seed))
             dev.setdefault(trials[trial].data.tags.get("search", ""), {}).setdefault(
@@ -112,7 +116,7 @@ def search_picks(runs: list, prefer_anchor: bool = False) -> dict[str, dict]:
 def _target_records(runs: list, top_k: int, prefer_anchor: bool) -> list[dict]:
     """One target's records, best first: the best of its searches' picks, then the runners-up
     (the most seeds first, then the highest mean dev F1)."""
-    trials = {r.data.tags["trial_id"]: r for r in runs if r.data.tags["role"] == "trial"}
+    trials = {_trial_id(r): r for r in runs if r.data.tags["role"] == "trial"}
     picks = list(search_picks(runs, prefer_anchor).values())
     others = [{"pick": t, **score} for p in picks for t, score in p["scores"].items()
               if t != p["pick"]]
